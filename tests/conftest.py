@@ -1,0 +1,23 @@
+"""Shared test set-up: the repo root on sys.path, quiet TensorFlow, CPU only, and a fresh Keras state per test."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import pytest  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.clear_session()
+    yield
+    keras.mixed_precision.set_global_policy("float32")
