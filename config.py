@@ -238,8 +238,15 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+# Common abbreviations that difflib cannot match by spelling.
+_ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "seed": "base_seed", "bs": "batch_size",
+            "arch": "architecture", "p": "threshold_fraction", "tau": "threshold_fraction", "n_runs": "runs"}
+
+
 def _did_you_mean(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    options = list(options)
+    close = [_ALIASES[key]] if _ALIASES.get(key) in options else difflib.get_close_matches(key, options, n=1,
+                                                                                           cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -1,0 +1,194 @@
+"""The config schema: every shipped config, every kind of bad input, overrides, sweeps and naming."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import config as config_lib
+from config import ConfigErrors, expand_sweep, load_config, parse_config, SweepConfig
+from paper_results import PAPER_RESULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml"))
+GOOD = {"name": "t", "data": {"dataset": "mnist", "source": "synthetic"}, "model": {"architecture": "fcn"},
+        "training": {"epochs": 1}}
+
+
+def _with(path: str, value):
+    raw = yaml.safe_load(yaml.safe_dump(GOOD))
+    node = raw
+    *parents, last = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+    return raw
+
+
+# (dotted key, bad value, the key the error must name, a fragment of the message)
+BAD = [
+    ("modle", {}, "modle", "did you mean 'model'"),
+    ("model.treshold_fraction", 0.4, "model.treshold_fraction", "did you mean 'threshold_fraction'"),
+    ("training.optimizer.lr", 0.1, "training.optimizer.lr", "did you mean"),
+    ("training.epochs", "ten", "training.epochs", "expected an integer"),
+    ("training.epochs", 2.5, "training.epochs", "expected an integer"),
+    ("training.epochs", 0, "training.epochs", "must be >= 1"),
+    ("runs", True, "runs", "expected an integer"),
+    ("model.threshold_fraction", 1.0, "model.threshold_fraction", "must be < 1.0"),
+    ("model.threshold_fraction", 0, "model.threshold_fraction", "must be > 0.0"),
+    ("training.optimizer.learning_rate", -0.1, "training.optimizer.learning_rate", "must be > 0.0"),
+    ("training.optimizer.weight_decay", -1e-4, "training.optimizer.weight_decay", "must be >= 0.0"),
+    ("training.optimizer.momentum", 1.0, "training.optimizer.momentum", "must be < 1.0"),
+    ("data.batch_size", 0, "data.batch_size", "must be >= 1"),
+    ("model.dropout", 1.5, "model.dropout", "must be < 1.0"),
+    ("model.architecture", "resnet18", "model.architecture", "allowed: fcn, conv2, conv4"),
+    ("data.dataset", "imagenet", "data.dataset", "allowed: mnist, cifar10, cifar100"),
+    ("model.weight_init", "glorot", "model.weight_init", "allowed: elus, elus_file, he"),
+    ("model.mask_init", {"distribution": "beta", "scaling": "he"}, "model.mask_init.distribution",
+     "allowed: signed_constant"),
+    ("model.mask_init", {"distribution": "uniform", "scaling": "he", "factor": -1}, "model.mask_init.factor",
+     "must be > 0.0"),
+    ("training.optimizer.name", "adagrad", "training.optimizer.name", "allowed: sgdw, sgd, adam"),
+    ("training.schedule.name", "step", "training.schedule.name", "allowed: exponential_decay"),
+    ("model.mask_mode", "ternary", "model.mask_mode", "allowed: signed, binary, topk, none"),
+    ("model.batch_norm", "group", "model.batch_norm", "allowed: learned, none, frozen"),
+    ("training.mixed_precision", "float8", "training.mixed_precision", "allowed: mixed_float16"),
+    ("training.distribute", "tpu", "training.distribute", "allowed: mirrored, multi_worker"),
+    ("data.source", "s3", "data.source", "allowed: tfds, local, synthetic"),
+    ("paper", "vgg19", "paper", "allowed: fcn"),
+    ("model.architecture", "conv6", "model.architecture", "conv6 does not fit dataset mnist"),
+    ("model.num_classes", 100, "model.num_classes", "100 classes do not fit mnist"),
+    ("data.augment", True, "data.augment", "augmentation"),
+    ("model.weights_file", "nowhere/run_{run}.npz", "model.weights_file", "does not exist; create it with init_example"),
+    ("model.masks_file", "nowhere.npz", "model.masks_file", "does not exist"),
+    ("data.source", "local", "data.data_dir", "needs data_dir"),
+    ("training", [1, 2], "training", "expected a mapping"),
+    ("sweep", {"grid": {"model.threshold_fraction": [0.5, 1.5]}}, "model.threshold_fraction", "sweep combination"),
+    ("sweep", {"zip": {"runs": [1, 2], "base_seed": [1]}}, "sweep.zip", "equal lengths"),
+]
+
+
+@pytest.mark.parametrize("key, value, names, fragment", BAD, ids=[f"{b[0]}={b[1]}" for b in BAD])
+def test_bad_config_names_the_key(key, value, names, fragment):
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(_with(key, value))
+    keys = [e.key for e in info.value.errors]
+    assert names in keys, keys
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value.errors[0])  # one line per problem
+
+
+def test_at_least_fifteen_distinct_bad_configs():
+    assert len({(b[0], str(b[1])) for b in BAD}) >= 15
+
+
+def test_all_errors_reported_at_once():
+    raw = _with("training.epochs", 0)
+    raw["model"]["threshold_fraction"] = 2.0
+    raw["bogus"] = 1
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw)
+    assert {e.key for e in info.value.errors} == {"training.epochs", "model.threshold_fraction", "bogus"}
+
+
+def test_unreadable_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nmodel:\n  architecture: fcn\n  width: [1, 2\n")
+    with pytest.raises(ConfigErrors, match=r"unreadable YAML at line \d+"):
+        load_config(path)
+    with pytest.raises(ConfigErrors, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(ROOT / "configs")) for p in CONFIGS])
+def test_every_shipped_config_is_valid(path):
+    raw = config_lib.read_yaml(path)
+    raw.get("model", {}).pop("weights_file", None)  # made by init_example.py on the user's machine
+    raw.get("model", {}).pop("masks_file", None)
+    cfg = parse_config(raw)
+    if cfg.paper:
+        assert cfg.paper in PAPER_RESULTS
+
+
+def test_schema_lists_match_the_modules():
+    import architectures
+    import data_preprocessor
+    import custom_layers
+    import resnet_networks
+    import weight_initializer
+
+    assert config_lib.ARCHITECTURES == tuple(architectures.ARCHITECTURES)
+    for arch, spec in architectures.ARCHITECTURES.items():
+        assert config_lib.ARCHITECTURE_DATASETS[arch] == spec.datasets
+    assert config_lib.SOURCES == data_preprocessor.SOURCES
+    assert config_lib.DATASETS == {k: v.num_classes for k, v in data_preprocessor.DATASETS.items()}
+    assert set(config_lib.MASK_MODES) == set(custom_layers.MASK_MODES) | {"none"}
+    assert config_lib.BATCH_NORM_MODES == resnet_networks.BATCH_NORM_MODES
+    assert config_lib.WEIGHT_PRESETS == tuple(weight_initializer.WEIGHT_PRESETS)
+    assert config_lib.MASK_PRESETS == tuple(weight_initializer.MASK_PRESETS)
+    assert config_lib.DISTRIBUTIONS == weight_initializer.DISTRIBUTIONS
+
+
+def test_overrides_and_cli_shortcuts(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    cfg, _ = load_config(path, ["training.optimizer.learning_rate=0.01", "model.mask_init.scaling=he",
+                                "model.mask_init.distribution=uniform", "data.augment=false"],
+                         runs=4, epochs=3, data_source="synthetic", out=str(tmp_path / "r"))
+    assert cfg.training.optimizer.learning_rate == 0.01
+    assert cfg.model.mask_init == config_lib.InitConfig("uniform", "he", 1.0)
+    assert (cfg.runs, cfg.training.epochs, cfg.output_dir) == (4, 3, str(tmp_path / "r"))
+    assert cfg.seeds() == [7531, 7532, 7533, 7534]
+    with pytest.raises(ConfigErrors, match="training.optimizer.learning_rate: -1.0 is out of range"):
+        load_config(path, ["training.optimizer.learning_rate=-1"])
+    with pytest.raises(ConfigErrors, match="expected key.sub=value"):
+        load_config(path, ["epochs"])
+
+
+def test_sweep_expansion_grid_and_zip():
+    sweep = SweepConfig(grid={"a": [1, 2], "b": ["x", "y", "z"]}, zip={"c": [10, 20], "d": [0.1, 0.2]})
+    combos = expand_sweep(sweep)
+    assert len(combos) == 2 * 3 * 2
+    assert combos[0] == {"a": 1, "b": "x", "c": 10, "d": 0.1}
+    assert combos[1] == {"a": 1, "b": "x", "c": 20, "d": 0.2}
+    assert {(c["c"], c["d"]) for c in combos} == {(10, 0.1), (20, 0.2)}  # zip keeps pairs together
+    assert expand_sweep(SweepConfig(grid={"a": [1, 2]})) == [{"a": 1}, {"a": 2}]
+    assert expand_sweep(SweepConfig(zip={"a": [1, 2], "b": [3, 4]})) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+
+
+def test_results_directory_names_from_config():
+    raw = _with("sweep", {"grid": {"model.threshold_fraction": [0.5, 0.6]}})
+    cfg = parse_config(raw)
+    combos = config_lib.combinations(cfg, raw)
+    dirs = [config_lib.results_dir(c, combo) for combo, c, _ in combos]
+    assert [d.parent.name for d in dirs] == ["t", "t"]
+    assert dirs[0].name.startswith("threshold_fraction=0.5-") and dirs[1].name.startswith("threshold_fraction=0.6-")
+    assert dirs[0] != dirs[1]
+    a = parse_config(GOOD)
+    b = parse_config(_with("runs", 7))  # more runs: same directory, so the sweep resumes
+    c = parse_config(_with("training.optimizer.learning_rate", 0.02))
+    assert config_lib.results_dir(a) == config_lib.results_dir(b) != config_lib.results_dir(c)
+    assert config_lib.results_dir(a).name.startswith("t-")
+
+
+def test_reference_documents_every_key():
+    text = config_lib.reference_markdown()
+    for path in config_lib.RULES:
+        assert f"`{path}`" in text
+    defaults = config_lib._defaults(config_lib.ExperimentConfig)
+    undocumented = [k for k in defaults if k not in config_lib.RULES]
+    assert not undocumented, undocumented
+    readme = (ROOT / "configs" / "README.md").read_text()
+    assert text in readme, "configs/README.md is stale: regenerate with python config.py --reference"
+
+
+def test_cli_reports_errors_with_exit_code_2_and_no_traceback(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_with("model.threshold_fraction", 1.5)))
+    proc = subprocess.run([sys.executable, str(ROOT / "experiment_looper.py"), str(path), "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "model.threshold_fraction: 1.5 is out of range: must be < 1.0" in proc.stderr
+    assert "Traceback" not in proc.stderr
