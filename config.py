@@ -196,7 +196,7 @@ RULES: dict[str, dict[str, Any]] = {
     "training.schedule.decay_rate": {"help": "exponential: decay factor per decay_epochs.", "gt": 0.0, "hi": 1.0},
     "training.schedule.staircase": {"help": "exponential: decay in steps instead of continuously."},
     "training.schedule.alpha": {"help": "cosine: final lr as a fraction of lr0.", "lo": 0.0, "hi": 1.0},
-    "training.schedule.patience": {"help": "plateau: non-improving epochs before reductions start.", "lo": 2},
+    "training.schedule.patience": {"help": "plateau: non-improving epochs before reductions start.", "lo": 3},
     "training.schedule.factor": {"help": "plateau: lr (and wd) multiplier per reduction.", "gt": 0.0, "lt": 1.0},
     "training.schedule.cooldown": {"help": "plateau: epochs without reduction after one.", "lo": 0},
     "training.schedule.start_epoch": {"help": "plateau: first epoch that is checked.", "lo": 1},
