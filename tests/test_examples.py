@@ -1,0 +1,26 @@
+"""The user-facing scripts run as documented: the minimal example and init_example."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_minimal_working_example_runs_offline(tmp_path):
+    rng = np.random.default_rng(0)
+    y_train, y_test = np.arange(600) % 10, np.arange(200) % 10
+    templates = rng.integers(0, 256, size=(10, 28, 28))
+    make = lambda y: np.clip(templates[y] + rng.normal(0, 40, (len(y), 28, 28)), 0, 255).astype("uint8")  # noqa
+    np.savez_compressed(tmp_path / "mnist.npz", x_train=make(y_train), y_train=y_train.astype("uint8"),
+                        x_test=make(y_test), y_test=y_test.astype("uint8"))
+    proc = subprocess.run([sys.executable, str(ROOT / "minimal_working_example.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    accuracy = float(re.search(r"test accuracy: ([\d.]+) %", proc.stdout).group(1))
+    remaining = float(re.search(r"remaining weights: ([\d.]+) % \((\d+) of 266200\)", proc.stdout).group(1))
+    assert accuracy > 50 and 0 < remaining < 60
+    assert len((ROOT / "minimal_working_example.py").read_text().splitlines()) < 40
