@@ -248,3 +248,17 @@ def test_ctrl_c_stops_cleanly_after_saving_finished_runs(tmp_path):
     assert "interrupted: finished runs are saved" in err and "Traceback" not in err
     directory = _run_dir(tmp_path)
     assert json.loads((directory / "summary.json").read_text())["runs_finished"] == 1
+
+
+def test_tfds_failure_names_the_offline_source(tmp_path, monkeypatch, capsys):
+    import tensorflow_datasets as tfds
+
+    def no_internet(*args, **kwargs):
+        raise ConnectionError("Failed to establish a new connection")
+
+    monkeypatch.setattr(tfds, "load", no_internet)
+    raw = {**TINY, "data": {"dataset": "mnist", "source": "tfds"}}
+    path = _write(tmp_path, raw)
+    assert looper.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "local" in err and "mnist.npz" in err and "Traceback" not in err
