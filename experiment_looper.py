@@ -13,6 +13,7 @@ it and writes, atomically, a run directory:
             history.json   one entry per epoch (train/test loss and accuracy, lr, remaining weights per layer)
             layers.json    final per-layer kept / inverted / hidden counts
             masks.npz      final frozen kernels, masks and thresholds (weight_initializer.load_weights_npz)
+            compact.npz    the trained network in ~2 bits per weight, BN included (export.load_compact)
 
 Re-running the same command skips finished runs (resume). A sweep also writes <output_dir>/<name>-sweep.md/.csv.
 Config errors are reported before any data is loaded or model built, with exit code 2.
@@ -47,7 +48,7 @@ from paper_results import PAPER_RESULTS
 
 log = logging.getLogger("experiment_looper")
 
-RUN_FILES = ("config.yaml", "metrics.json", "history.json", "layers.json", "masks.npz")
+RUN_FILES = ("config.yaml", "metrics.json", "history.json", "layers.json", "masks.npz", "compact.npz")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -165,6 +166,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, extra_c
     import model_trainer
     from data_preprocessor import load_dataset
     from custom_layers import count_parameters
+    from export import save_compact
     from weight_initializer import save_weights_npz
 
     seed_everything(seed, cfg.training.deterministic)
@@ -205,21 +207,28 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, extra_c
     atomic_write_json(run_dir / "history.json", result.history)
     atomic_write_json(run_dir / "layers.json", final.get("layers", {}))
     save_weights_npz(model, run_dir / "masks.npz")
+    save_compact(model, run_dir / "compact.npz")  # ternary masks + BN weights: rebuilds the exact trained model
     atomic_write_json(run_dir / "metrics.json", metrics)
     keras.utils.clear_session(free_memory=True)
     return metrics
 
 
 def _tensorboard_callbacks(run_dir: Path):
-    try:
-        from analysis import MaskImageCallback  # optional: figures module
-    except ImportError:
-        MaskImageCallback = None
+    """Keras' TensorBoard callback (needs the tensorboard package) plus mask images and mask scalars."""
+    import importlib.util
+
     import keras
 
-    callbacks = [keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"))]
-    if MaskImageCallback is not None:
-        callbacks.append(MaskImageCallback(run_dir / "tensorboard"))
+    from analysis import MaskImageCallback
+
+    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    callbacks = []
+    if has_tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
+    else:
+        log.warning("tensorboard is not installed (pip install tensorboard): epoch metrics are written as "
+                    "epoch/<key> by MaskImageCallback instead")
+    callbacks.append(MaskImageCallback(run_dir / "tensorboard", log_metrics=not has_tensorboard))
     return callbacks
 
 

@@ -262,3 +262,12 @@ def test_tfds_failure_names_the_offline_source(tmp_path, monkeypatch, capsys):
     assert looper.main([str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "local" in err and "mnist.npz" in err and "Traceback" not in err
+
+
+def test_tensorboard_switch_writes_event_files(tmp_path):
+    raw = {**TINY, "runs": 1, "training": {**TINY["training"], "epochs": 1, "tensorboard": True}}
+    assert looper.main([str(_write(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 0
+    logdir = _run_dir(tmp_path) / "run_000" / "tensorboard"
+    events = list(logdir.rglob("events.out.tfevents.*"))
+    assert any("masks" in str(p) for p in events)  # mask images and remaining-weights scalars
+    assert any("train" in str(p) for p in events)  # Keras' loss / accuracy / learning rate

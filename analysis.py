@@ -1,0 +1,717 @@
+"""Figures from results directories, and TensorBoard mask images during training.
+
+    python analysis.py RESULTS_DIR [RESULTS_DIR ...] --out FIGDIR [--sample-npz FILE] [--sample-index I]
+                       [--sample-label 8] [--data-dir ../shared/data] [--run 0] [--formats png,pdf]
+
+A RESULTS_DIR is one config's directory `<name>-<hash>/` (holding run_000/, run_001/, ... as written by
+experiment_looper), a sweep root `<output_dir>/<name>/`, a whole `results/` tree, or a single run_xxx/ directory:
+every directory below the given paths that holds run_*/metrics.json is one "config". Unfinished runs
+(`run_000.partial/`) and failed runs (metrics status != ok) are ignored.
+
+Figures (each written as FIGDIR/<stem>.png and FIGDIR/<stem>.pdf):
+
+    training_curves   test accuracy and remaining weights per epoch: mean over runs, min-max band, one line per
+                      config (baselines, mask_mode none, dashed at 100 %)
+    tradeoff          final test accuracy against remaining weights % (log x), mean +- std over runs; baselines
+                      drawn as squares
+    layer_fractions   per-layer fractions of kept / inverted / hidden weights (stacked bars, mean over runs), one
+                      panel per config
+    figure1_<config>  the paper's Figure 1 for every FCN Supermask config: the first layer's effective mask
+                      (784 x 300) along the 784 input pixels under a flattened sample digit, and a 28 x 28 map of
+                      how many weights each input pixel keeps
+
+The numbers that are plotted come from pure functions (`aggregate_histories`, `final_statistics`,
+`layer_fractions`, `mean_layer_fractions`, `effective_mask_np`, `pixel_keep_counts`), separate from the
+plotting, so they can be tested.
+
+`MaskImageCallback(log_dir)` is a Keras callback that writes, at every epoch end, TensorBoard scalars of the
+remaining weights (global and per layer) and an image of every masked layer's effective mask (the kernel reshaped
+to 2-D: (kh*kw*c_in, c_out) for a conv, (n_in, n_out) for a dense layer; +1 blue, -1 red, 0 white).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import yaml
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+
+import keras  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RUN_PATTERN = re.compile(r"run_\d{3}")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"
+FORMATS = ("png", "pdf")
+
+# Colours of the three mask states (RGB, 0-255): kept (+1), inverted (-1), hidden (0).
+KEPT_RGB = (33, 102, 172)
+INVERTED_RGB = (178, 24, 43)
+HIDDEN_RGB = (255, 255, 255)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Finding and reading results
+# --------------------------------------------------------------------------------------------------------------
+def find_results_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every directory at or below `paths` that holds run_xxx/metrics.json (a run directory given directly
+    stands for its config directory), sorted and without duplicates."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        if RUN_PATTERN.fullmatch(path.name) and (path / "metrics.json").is_file():
+            found.add(path.parent.resolve())
+            continue
+        for metrics in path.rglob("metrics.json"):
+            if RUN_PATTERN.fullmatch(metrics.parent.name):
+                found.add(metrics.parent.parent.resolve())
+    return sorted(found)
+
+
+def run_dirs(results_dir: str | os.PathLike, *, ok_only: bool = True) -> list[Path]:
+    """The finished run directories of one config (run_000, run_001, ...; .partial ones excluded), optionally
+    only those whose metrics.json says status ok."""
+    out = []
+    for path in sorted(Path(results_dir).glob("run_[0-9][0-9][0-9]")):
+        metrics = path / "metrics.json"
+        if not metrics.is_file():
+            continue
+        if ok_only:
+            try:
+                if json.loads(metrics.read_text()).get("status") != "ok":
+                    log.info("%s: not ok, ignored", path)
+                    continue
+            except ValueError:
+                log.warning("%s: unreadable metrics.json, ignored", path)
+                continue
+        out.append(path)
+    return out
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text())
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A config.yaml as a plain mapping ({} when it is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+@dataclasses.dataclass
+class ConfigResults:
+    """One config's results: its directory, a label, its config mapping and its (ok) run directories."""
+
+    path: Path
+    label: str
+    config: dict
+    runs: list[Path]
+
+    @property
+    def model(self) -> dict:
+        return self.config.get("model") or {}
+
+    @property
+    def mask_mode(self) -> str:
+        return str(self.model.get("mask_mode", "signed"))
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.mask_mode == "none"
+
+    @property
+    def architecture(self) -> str:
+        return str(self.model.get("architecture", ""))
+
+
+def _label(path: Path) -> str:
+    """'<name>-<hash>' without the 8-hex-digit hash."""
+    return re.sub(r"-[0-9a-f]{8}$", "", path.name) or path.name
+
+
+def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
+    """ConfigResults for every results directory found below `paths` that has at least one ok run. Labels are
+    the directory names without the hash; duplicates get their parent's name (and then the hash) added."""
+    results = []
+    for directory in find_results_dirs(paths):
+        runs = run_dirs(directory)
+        if not runs:
+            log.warning("%s: no finished ok run, skipped", directory)
+            continue
+        config = read_config(directory / "config.yaml") or read_config(runs[0] / "config.yaml")
+        results.append(ConfigResults(directory, _label(directory), config, runs))
+    renames = (lambda r: f"{r.path.parent.name}/{_label(r.path)}", lambda r: f"{r.path.parent.name}/{r.path.name}")
+    for attempt in renames:
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r.label] = counts.get(r.label, 0) + 1
+        for r in results:
+            if counts[r.label] > 1:
+                r.label = attempt(r)
+    return results
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pure computations
+# --------------------------------------------------------------------------------------------------------------
+def _history(run) -> list[dict]:
+    if isinstance(run, (str, os.PathLike)):
+        path = Path(run)
+        return read_json(path / "history.json" if path.is_dir() else path)
+    return list(run)
+
+
+def aggregate_histories(runs: Sequence, keys: Sequence[str] = ("test_accuracy", "remaining_percent")) -> dict:
+    """Per-epoch statistics over runs.
+
+    runs: run directories (their history.json is read) or already loaded histories (lists of epoch dicts).
+    Returns {"epoch": int array (1..E), key: {"mean", "std", "min", "max", "n"} arrays of length E} for every key;
+    E is the longest history. An epoch that only some runs reached (early stop) is averaged over those runs;
+    missing or None values are ignored (nan where no run has a value). std is the population std (ddof 0).
+    """
+    histories = [_history(r) for r in runs]
+    epochs = max((int(rec.get("epoch", i + 1)) for h in histories for i, rec in enumerate(h)), default=0)
+    out: dict = {"epoch": np.arange(1, epochs + 1)}
+    for key in keys:
+        table = np.full((len(histories), epochs), np.nan)
+        for row, history in enumerate(histories):
+            for i, record in enumerate(history):
+                value = record.get(key)
+                if value is not None:
+                    table[row, int(record.get("epoch", i + 1)) - 1] = float(value)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan epochs
+            out[key] = {
+                "mean": np.nanmean(table, axis=0) if epochs else np.zeros(0),
+                "std": np.nanstd(table, axis=0) if epochs else np.zeros(0),
+                "min": np.nanmin(table, axis=0) if epochs else np.zeros(0),
+                "max": np.nanmax(table, axis=0) if epochs else np.zeros(0),
+                "n": np.sum(np.isfinite(table), axis=0),
+            }
+    return out
+
+
+def final_statistics(runs: Sequence) -> dict:
+    """Mean and std (ddof 1, 0 for one run) over runs of the final test accuracy (in %) and remaining weights %.
+
+    runs: run directories (metrics.json is read) or metrics dicts.
+    """
+    metrics = [read_json(Path(r) / "metrics.json") if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    acc = np.array([100.0 * float(m["test_accuracy"]) for m in metrics if m.get("test_accuracy") is not None])
+    rem = np.array([float(m["remaining_percent"]) for m in metrics if m.get("remaining_percent") is not None])
+
+    def stats(a):
+        if a.size == 0:
+            return {"mean": math.nan, "std": math.nan, "n": 0}
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
+
+    return {"test_accuracy_percent": stats(acc), "remaining_percent": stats(rem)}
+
+
+def layer_fractions(layers_json) -> dict[str, dict[str, float]]:
+    """{layer: {"kept", "inverted", "hidden"} as fractions of the layer's weights} from a layers.json mapping
+    (or its path), in the file's layer order."""
+    if isinstance(layers_json, (str, os.PathLike)):
+        layers_json = read_json(layers_json)
+    out = {}
+    for name, counts in layers_json.items():
+        total = float(counts.get("total") or (counts["kept"] + counts["inverted"] + counts["hidden"]))
+        out[name] = {k: (float(counts[k]) / total if total else 0.0) for k in ("kept", "inverted", "hidden")}
+    return out
+
+
+def mean_layer_fractions(runs: Sequence) -> dict[str, dict[str, float]]:
+    """layer_fractions averaged over runs (run directories with layers.json, or layers.json mappings); a layer
+    missing from some run is averaged over the runs that have it."""
+    per_run = [layer_fractions(Path(r) / "layers.json" if isinstance(r, (str, os.PathLike)) else r) for r in runs]
+    names: list[str] = []
+    for fractions in per_run:
+        names += [n for n in fractions if n not in names]
+    out = {}
+    for name in names:
+        present = [f[name] for f in per_run if name in f]
+        out[name] = {k: float(np.mean([p[k] for p in present])) for k in ("kept", "inverted", "hidden")}
+    return out
+
+
+def effective_mask_np(m: np.ndarray, tau: float, mode: str = "signed", topk_fraction: float = 0.5) -> np.ndarray:
+    """The effective mask in numpy (float32 values in {-1, 0, +1}), as custom_layers computes it:
+
+        signed  sign(m) * 1[|m| > tau]
+        binary  1[m > tau]
+        topk    1[|m| >= k-th largest |m|], k = max(1, round(topk_fraction * size))
+    """
+    m = np.asarray(m, dtype=np.float32)
+    tau = np.float32(tau)
+    if mode == "signed":
+        return (np.sign(m) * (np.abs(m) > tau)).astype(np.float32)
+    if mode == "binary":
+        return (m > tau).astype(np.float32)
+    if mode == "topk":
+        k = max(1, int(round(float(topk_fraction) * m.size)))
+        kth = np.sort(np.abs(m).ravel())[-k]
+        return (np.abs(m) >= kth).astype(np.float32)
+    raise ValueError(f"no effective mask for mask mode {mode!r}")
+
+
+def pixel_keep_counts(mask: np.ndarray, image_shape: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """How many weights each input pixel keeps: the count of non-zero entries in every input row of a first-layer
+    mask (n_in x n_out, n_in = 784), reshaped to the image (28 x 28). Integer array."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.shape[0] != int(np.prod(image_shape)):
+        raise ValueError(f"expected a ({int(np.prod(image_shape))}, n) first-layer mask, got shape {mask.shape}")
+    return np.count_nonzero(mask, axis=1).reshape(image_shape)
+
+
+def run_masks(run_dir: str | os.PathLike, config: dict | None = None) -> dict[str, np.ndarray]:
+    """{layer: effective mask} of a run, recomputed from masks.npz ('<layer>/mask', '<layer>/threshold') with the
+    mask mode of the run's config.yaml, in file (= build) order."""
+    run_dir = Path(run_dir)
+    config = config if config is not None else read_config(run_dir / "config.yaml")
+    model = config.get("model") or {}
+    mode = str(model.get("mask_mode", "signed"))
+    if mode == "none":
+        return {}
+    out = {}
+    with np.load(run_dir / "masks.npz", allow_pickle=False) as data:
+        for key in data.files:
+            if not key.endswith("/mask"):
+                continue
+            layer = key[: -len("/mask")]
+            tau = float(data[f"{layer}/threshold"]) if f"{layer}/threshold" in data.files else 0.0
+            out[layer] = effective_mask_np(data[key], tau, mode, float(model.get("topk_fraction", 0.5)))
+    return out
+
+
+def first_layer_mask(run_dir: str | os.PathLike, n_inputs: int = 784) -> tuple[str, np.ndarray]:
+    """(name, effective mask) of the first masked layer with `n_inputs` input rows (the FCN's dense_0)."""
+    for name, mask in run_masks(run_dir).items():
+        if mask.ndim == 2 and mask.shape[0] == n_inputs:
+            return name, mask
+    raise ValueError(f"{run_dir}: no masked layer with {n_inputs} inputs in masks.npz")
+
+
+def synthetic_digit() -> np.ndarray:
+    """A drawn digit-like "8" (two stacked rings) as a 28 x 28 float image in [0, 1]."""
+    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32)
+    image = np.zeros((28, 28), np.float32)
+    for cy, r in ((9.0, 5.0), (19.0, 6.0)):
+        d = np.hypot(yy - cy, (xx - 14.0) * 1.1)
+        image = np.maximum(image, np.clip(1.0 - np.abs(d - r) / 1.6, 0.0, 1.0))
+    return image
+
+
+def _pick(x: np.ndarray, y: np.ndarray | None, index: int, label: int | None) -> tuple[np.ndarray, int]:
+    if label is None:
+        return x[index], index
+    if y is None:
+        raise ValueError("a sample label was asked for but the data has no y_test")
+    matches = np.flatnonzero(np.asarray(y).reshape(len(y), -1).argmax(axis=1) == label if np.ndim(y) > 1
+                             else np.asarray(y) == label)
+    if matches.size <= index:
+        raise ValueError(f"fewer than {index + 1} test images of label {label}")
+    return x[matches[index]], int(matches[index])
+
+
+def sample_digit(sample_npz: str | os.PathLike | None = None, index: int = 0,
+                 data_dir: str | os.PathLike | None = None, label: int | None = None) -> tuple[np.ndarray, str]:
+    """(28 x 28 image in [0, 1], where it came from): x_test[index] of `sample_npz`; else the test image `index` of
+    MNIST from data_preprocessor's local source when data_dir/mnist.npz exists; else `synthetic_digit()`. With
+    `label` (e.g. 8, the paper's sample), `index` counts only the test images of that label (needs y_test)."""
+    if sample_npz is not None:
+        with np.load(sample_npz, allow_pickle=False) as data:
+            y = data["y_test"] if "y_test" in data.files else None
+            image, i = _pick(data["x_test"], y, index, label)
+        image = np.asarray(image, np.float32)
+        source = f"{Path(sample_npz).name} x_test[{i}]"
+    else:
+        data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+        if (data_dir / "mnist.npz").is_file():
+            from data_preprocessor import load_arrays
+
+            _, _, x_test, y_test = load_arrays("mnist", "local", str(data_dir))
+            image, i = _pick(x_test, y_test, index, label)
+            image = np.asarray(image, np.float32)
+            source = f"MNIST test image {i}"
+        else:
+            return synthetic_digit(), "synthetic digit"
+    image = image.reshape(28, 28)
+    lo, hi = float(image.min()), float(image.max())
+    return ((image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)), source
+
+
+def mask_to_2d(mask: np.ndarray) -> np.ndarray:
+    """A kernel-shaped mask as 2-D (inputs x outputs): (n_in, n_out) stays, (kh, kw, c_in, c_out) ->
+    (kh*kw*c_in, c_out)."""
+    mask = np.asarray(mask)
+    if mask.ndim < 2:
+        return mask.reshape(1, -1)
+    return mask.reshape(-1, mask.shape[-1])
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image (rows = inputs, columns = outputs) of an effective mask: +1 KEPT_RGB (blue), -1
+    INVERTED_RGB (red), 0 HIDDEN_RGB (white)."""
+    mask = mask_to_2d(mask)
+    image = np.empty(mask.shape + (3,), np.uint8)
+    image[...] = HIDDEN_RGB
+    image[mask > 0] = KEPT_RGB
+    image[mask < 0] = INVERTED_RGB
+    return image
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plotting
+# --------------------------------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_dir: Path, stem: str, formats: Sequence[str] = FORMATS) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        paths.append(path)
+    _pyplot().close(fig)
+    return paths
+
+
+def _colors(n: int):
+    cmap = _pyplot().get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _plain_log_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:100]
+
+
+def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
+    """Test accuracy (%) and remaining weights (%, log scale) per epoch: mean line and min-max band per config."""
+    plt = _pyplot()
+    fig, (ax_acc, ax_rem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r, color in zip(results, _colors(len(results))):
+        agg = aggregate_histories(r.runs)
+        epochs = agg["epoch"]
+        if epochs.size == 0:
+            continue
+        style = "--" if r.is_baseline else "-"
+        label = f"{r.label} (n={len(r.runs)})"
+        for ax, key, scale in ((ax_acc, "test_accuracy", 100.0), (ax_rem, "remaining_percent", 1.0)):
+            stats = agg[key]
+            ax.plot(epochs, scale * stats["mean"], style, color=color, label=label, lw=1.5)
+            ax.fill_between(epochs, scale * stats["min"], scale * stats["max"], color=color, alpha=0.2, lw=0)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean, min-max over runs)")
+    ax_rem.set(xlabel="epoch", ylabel="remaining weights (%)", yscale="log",
+               title="Remaining weights (mean, min-max over runs)")
+    ax_rem.yaxis.set_major_formatter(_plain_log_formatter())
+    for ax in (ax_acc, ax_rem):
+        ax.grid(True, which="both", alpha=0.3)
+    ax_acc.legend(fontsize=8, loc="lower right")
+    return _save(fig, out_dir, "training_curves", formats)
+
+
+def plot_tradeoff(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
+    """Final test accuracy against remaining weights (log x), mean +- std; baselines as squares at 100 %."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r, color in zip(results, _colors(len(results))):
+        stats = final_statistics(r.runs)
+        acc, rem = stats["test_accuracy_percent"], stats["remaining_percent"]
+        if not (math.isfinite(acc["mean"]) and math.isfinite(rem["mean"])):
+            continue
+        marker, face = ("s", "white") if r.is_baseline else ("o", color)
+        label = f"{r.label}{' (baseline)' if r.is_baseline else ''}"
+        ax.errorbar(rem["mean"], acc["mean"], xerr=rem["std"], yerr=acc["std"], fmt=marker, color=color,
+                    markerfacecolor=face, markersize=8, capsize=3, label=label)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(_plain_log_formatter())
+    ax.set(xlabel="remaining weights (%)", ylabel="final test accuracy (%)",
+           title="Accuracy vs remaining weights (mean ± std over runs)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out_dir, "tradeoff", formats)
+
+
+def plot_layer_fractions(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
+    """Stacked bars of the kept / inverted / hidden fraction of every layer (mean over runs), a panel per config."""
+    plt = _pyplot()
+    panels = []
+    for r in results:
+        runs = [run for run in r.runs if (run / "layers.json").is_file()]
+        if runs:
+            panels.append((r, mean_layer_fractions(runs)))
+    if not panels:
+        return []
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.8 * nrows), squeeze=False)
+    colors = {"kept": np.array(KEPT_RGB) / 255, "inverted": np.array(INVERTED_RGB) / 255, "hidden": "0.85"}
+    for ax, (r, fractions) in zip(axes.flat, panels):
+        names = list(fractions)
+        x = np.arange(len(names))
+        bottom = np.zeros(len(names))
+        for state in ("kept", "inverted", "hidden"):
+            values = np.array([fractions[n][state] for n in names])
+            ax.bar(x, 100 * values, bottom=100 * bottom, color=colors[state], label=state, edgecolor="none")
+            bottom += values
+            if state == "inverted":  # the remaining % of every layer, readable even when the bar is tiny
+                for xi, top in zip(x, bottom):
+                    ax.text(xi, min(100 * top + 1.5, 92), f"{100 * top:.3g}%", ha="center", va="bottom",
+                            fontsize=6 if len(names) > 12 else 8, rotation=90 if len(names) > 12 else 0)
+        ax.set_xticks(x, names, rotation=90 if len(names) > 6 else 0, fontsize=7 if len(names) > 12 else 9)
+        ax.set(ylabel="% of the layer's weights", ylim=(0, 100), title=f"{r.label} (n={len(r.runs)})")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=9, frameon=False)
+    return _save(fig, out_dir, "layer_fractions", formats)
+
+
+def plot_figure1(mask: np.ndarray, sample: np.ndarray, out_dir: Path, stem: str = "figure1", *,
+                 title: str = "", sample_source: str = "", formats=FORMATS) -> list[Path]:
+    """The paper's Figure 1: a flattened sample digit (one line per pixel) above the first-layer effective mask
+    (784 x n, drawn along the input pixels), next to the 28 x 28 digit and the 28 x 28 map of kept weights per
+    input pixel (pixel_keep_counts)."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    counts = pixel_keep_counts(mask)
+    flat = np.asarray(sample, np.float32).reshape(-1)
+    fig = plt.figure(figsize=(15, 6.5))
+    grid = fig.add_gridspec(2, 3, width_ratios=[4.2, 1, 1], height_ratios=[1, 4], wspace=0.25, hspace=0.08)
+    ax_digit = fig.add_subplot(grid[0, 0])
+    ax_mask = fig.add_subplot(grid[1, 0], sharex=ax_digit)
+    ax_image = fig.add_subplot(grid[0:2, 1])
+    ax_counts = fig.add_subplot(grid[0:2, 2])
+
+    # Upper panel: every pixel one vertical line; background (0) yellow, ink dark (viridis reversed).
+    ax_digit.imshow(flat[None, :], aspect="auto", cmap="viridis_r", vmin=0, vmax=1, interpolation="nearest",
+                    extent=(-0.5, flat.size - 0.5, 0, 1))
+    ax_digit.set_yticks([])
+    ax_digit.set_title(title or "first-layer effective mask under a flattened sample", fontsize=10)
+    ax_digit.tick_params(labelbottom=False)
+    # Lower panel: the mask transposed, so the 784 input pixels run along x.
+    cmap = ListedColormap([np.array(INVERTED_RGB) / 255, np.array(HIDDEN_RGB) / 255, np.array(KEPT_RGB) / 255])
+    ax_mask.imshow(np.asarray(mask).T, aspect="auto", cmap=cmap, vmin=-1.5, vmax=1.5, interpolation="nearest")
+    ax_mask.set(xlabel="input pixel (row-major, 0..783)", ylabel="unit of layer 1")
+    remaining = 100.0 * np.count_nonzero(mask) / mask.size
+    ax_mask.text(0.01, 0.98, f"blue keep, red invert, white hide; {remaining:.2f} % non-zero",
+                 transform=ax_mask.transAxes, va="top", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+
+    ax_image.imshow(np.asarray(sample).reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+    ax_image.set_title(sample_source or "sample", fontsize=9)
+    ax_image.axis("off")
+    im = ax_counts.imshow(counts, cmap="magma")
+    ax_counts.set_title(f"weights kept per input pixel (of {mask.shape[1]})", fontsize=9)
+    ax_counts.axis("off")
+    fig.colorbar(im, ax=ax_counts, fraction=0.046, pad=0.04)
+    return _save(fig, out_dir, stem, formats)
+
+
+def fcn_figure1(r: ConfigResults, out_dir: Path, sample: np.ndarray, sample_source: str, *, run_index: int = 0,
+                formats=FORMATS) -> list[Path]:
+    """Figure 1 for one FCN config from run `run_index` (position in its ok runs)."""
+    run = r.runs[min(run_index, len(r.runs) - 1)]
+    name, mask = first_layer_mask(run)
+    title = f"{r.label} / {run.name}: effective mask of {name} ({mask.shape[0]}x{mask.shape[1]}, mode {r.mask_mode})"
+    return plot_figure1(mask, sample, out_dir, f"figure1_{_safe_name(r.label)}", title=title,
+                        sample_source=sample_source, formats=formats)
+
+
+def make_figures(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *, sample_npz=None,
+                 sample_index: int = 0, sample_label: int | None = None, data_dir=None, run_index: int = 0,
+                 formats=FORMATS) -> list[Path]:
+    """Every figure of the module docstring for the results below `paths`; returns the written files."""
+    out_dir = Path(out_dir)
+    results = load_results(paths)
+    if not results:
+        raise ValueError(f"no results directory with a finished run below {', '.join(map(str, paths))}")
+    log.info("%d config(s): %s", len(results), ", ".join(r.label for r in results))
+    written = plot_training_curves(results, out_dir, formats)
+    written += plot_tradeoff(results, out_dir, formats)
+    written += plot_layer_fractions(results, out_dir, formats)
+    fcn = [r for r in results if r.architecture == "fcn" and not r.is_baseline]
+    if fcn:
+        sample, source = sample_digit(sample_npz, sample_index, data_dir, sample_label)
+        for r in fcn:
+            try:
+                written += fcn_figure1(r, out_dir, sample, source, run_index=run_index, formats=formats)
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("%s: no Figure 1 (%s)", r.label, exc)
+    return written
+
+
+# --------------------------------------------------------------------------------------------------------------
+# TensorBoard
+# --------------------------------------------------------------------------------------------------------------
+def _summary_metadata(plugin: str, data_class: str):
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = plugin
+    metadata.data_class = getattr(summary_pb2, data_class)
+    return metadata
+
+
+def write_scalar_summary(tag: str, value: float, step: int) -> None:
+    """A TensorBoard scalar (plugin 'scalars', float32 rank-0 tensor) into the default tf.summary writer.
+
+    Written with the core `tf.summary.write`, so it works without the tensorboard package (tf.summary.scalar
+    needs it; it is not installed with tensorflow-cpu here)."""
+    import tensorflow as tf
+
+    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
+                     metadata=_summary_metadata("scalars", "DATA_CLASS_SCALAR"))
+
+
+def write_image_summary(tag: str, image: np.ndarray, step: int) -> None:
+    """A TensorBoard image (plugin 'images': the string tensor [width, height, png]) of a uint8 (H, W, C) array
+    into the default tf.summary writer; works without the tensorboard package."""
+    import tensorflow as tf
+
+    image = np.asarray(image, np.uint8)
+    png = tf.io.encode_png(tf.constant(image if image.ndim == 3 else image[..., None]))
+    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
+    tf.summary.write(tag, tensor, step=step, metadata=_summary_metadata("images", "DATA_CLASS_BLOB_SEQUENCE"))
+
+
+class MaskImageCallback(keras.callbacks.Callback):
+    """At every epoch end: TensorBoard scalars of the remaining weights and images of the effective masks.
+
+    Written with tf.summary into `log_dir/<subdir>` (default `log_dir/masks`, next to the train/ and validation/
+    runs of keras.callbacks.TensorBoard), at step = epoch (0-based, as the stock callback):
+
+        remaining/global          remaining weights % (the epoch logs' remaining_percent when the trainer put it
+                                  there, else custom_layers.mask_statistics)
+        remaining/<layer>         the layer's remaining weights %
+        inverted/<layer>          the layer's inverted weights % (of its size)
+        masks/<layer>             image of the layer's effective mask (mask_image: rows inputs, columns outputs;
+                                  +1 blue, -1 red, 0 white), every `image_every` epochs
+
+    With log_metrics=True it also writes every numeric entry of the epoch logs as `epoch/<key>` (loss, accuracy,
+    test_accuracy, learning_rate, ... as the recorder of model_trainer puts them there): a stand-in for
+    keras.callbacks.TensorBoard where the tensorboard package, which that callback needs, is not installed.
+
+    A model without masked layers writes only those metrics (or nothing). Needs no tensorboard package (see
+    write_scalar_summary).
+    """
+
+    def __init__(self, log_dir, *, subdir: str | None = "masks", image_every: int = 1, log_metrics: bool = False):
+        super().__init__()
+        self.log_dir = Path(log_dir) / subdir if subdir else Path(log_dir)
+        self.image_every = max(1, int(image_every))
+        self.log_metrics = bool(log_metrics)
+        self._writer = None
+
+    def _get_writer(self):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        return self._writer
+
+    def on_epoch_end(self, epoch, logs=None):
+        from custom_layers import mask_statistics, masked_layers
+
+        layers = masked_layers(self.model)
+        logs = logs or {}
+        step = int(epoch)
+        if self.log_metrics:
+            with self._get_writer().as_default():
+                for key, value in logs.items():
+                    try:
+                        number = float(np.asarray(value))
+                    except (TypeError, ValueError):
+                        continue
+                    if math.isfinite(number):
+                        write_scalar_summary(f"epoch/{key}", number, step)
+        if not layers:
+            if self._writer is not None:
+                self._writer.flush()
+            return
+        stats = mask_statistics(self.model)
+        remaining = logs.get("remaining_percent", stats["remaining_percent"])
+        writer = self._get_writer()
+        with writer.as_default():
+            write_scalar_summary("remaining/global", float(np.asarray(remaining)), step)
+            for name, counts in stats["layers"].items():
+                write_scalar_summary(f"remaining/{name}", counts["remaining_percent"], step)
+                write_scalar_summary(f"inverted/{name}", 100.0 * counts["inverted"] / max(1, counts["total"]), step)
+            if step % self.image_every == 0:
+                for layer in layers:
+                    mask = keras.ops.convert_to_numpy(layer.effective_mask())
+                    write_image_summary(f"masks/{layer.name}", mask_image(mask), step)
+        writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Figures (PNG and PDF) from signed-Supermask results directories.")
+    p.add_argument("results", nargs="+", help="results directories (<name>-<hash>/, a sweep root, or results/)")
+    p.add_argument("--out", default="figures", help="output directory of the figures (default: figures)")
+    p.add_argument("--sample-npz", help="npz with x_test: the Figure 1 sample (default: MNIST from --data-dir, "
+                                        "else a drawn digit)")
+    p.add_argument("--sample-index", type=int, default=0, help="index of the sample in x_test (default 0)")
+    p.add_argument("--sample-label", type=int, help="take the sample among the test images of this digit (the "
+                                                    "paper shows an 8); --sample-index counts within them")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="directory of mnist.npz for the sample")
+    p.add_argument("--run", type=int, default=0, help="which ok run (0 = first) Figure 1 shows")
+    p.add_argument("--formats", default="png,pdf", help="comma-separated figure formats (default png,pdf)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        written = make_figures(args.results, args.out, sample_npz=args.sample_npz, sample_index=args.sample_index,
+                               sample_label=args.sample_label, data_dir=args.data_dir, run_index=args.run,
+                               formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

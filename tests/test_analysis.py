@@ -1,0 +1,221 @@
+"""analysis.py: finding results, the numbers behind the figures (against hand computations), the figure CLI on a
+hand-written results tree, and the TensorBoard mask callback."""
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+import analysis
+from architectures import build_model
+from custom_layers import MaskedLayers, binary_mask, mask_statistics, signed_mask, topk_mask
+
+ACC = {"sig": [[0.5, 0.6, 0.7], [0.7, 0.8, 0.9]], "base": [[0.9, 0.95, 0.97], [0.91, 0.96, 0.98]]}
+REM = {"sig": [[50.0, 20.0, 10.0], [40.0, 10.0, 5.0]], "base": [[100.0] * 3, [100.0] * 3]}
+LAYERS = {
+    "sig": [{"dense_0": {"kept": 10, "inverted": 5, "hidden": 85, "total": 100},
+             "output": {"kept": 2, "inverted": 2, "hidden": 6, "total": 10}},
+            {"dense_0": {"kept": 20, "inverted": 15, "hidden": 65, "total": 100},
+             "output": {"kept": 4, "inverted": 0, "hidden": 6, "total": 10}}],
+    "base": [{"dense_0": {"kept": 100, "inverted": 0, "hidden": 0, "total": 100}}] * 2,
+}
+
+
+def first_layer_m():
+    """A 784 x 5 real mask with tau 0.5: pixel 0 keeps 1 (+1), pixel 10 keeps 2 (one -1, one +1), pixel 783 has
+    |m| == tau (hidden), everything else below tau."""
+    m = np.full((784, 5), 0.1, "float32")
+    m[0, 0] = 0.9
+    m[10, 1] = -0.8
+    m[10, 3] = 0.51
+    m[10, 2] = 0.3
+    m[783, 4] = 0.5
+    return m
+
+
+def write_run(directory: Path, key: str, run: int, status="ok"):
+    directory.mkdir(parents=True)
+    mode = "none" if key == "base" else "signed"
+    cfg = {"name": key, "model": {"architecture": "fcn", "mask_mode": mode, "topk_fraction": 0.5},
+           "seed": 7 + run, "run": run}
+    (directory / "config.yaml").write_text(yaml.safe_dump(cfg))
+    history = [{"epoch": e + 1, "test_accuracy": ACC[key][run][e], "remaining_percent": REM[key][run][e]}
+               for e in range(3)]
+    (directory / "history.json").write_text(json.dumps(history))
+    (directory / "layers.json").write_text(json.dumps(LAYERS[key][run]))
+    (directory / "metrics.json").write_text(json.dumps(
+        {"status": status, "test_accuracy": ACC[key][run][-1], "remaining_percent": REM[key][run][-1]}))
+    arrays = {"dense_0/kernel": np.ones((784, 5), "float32")}
+    if mode != "none":
+        arrays.update({"dense_0/mask": first_layer_m(), "dense_0/threshold": np.float32(0.5),
+                       "output/kernel": np.ones((5, 3), "float32"),
+                       "output/mask": np.array([[1, -1, 0]] * 5, "float32"), "output/threshold": np.float32(0.5)})
+    np.savez_compressed(directory / "masks.npz", **arrays)
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results" / "sweep"
+    for key, name in (("sig", "mode=signed-0123abcd"), ("base", "mode=none-89abcdef")):
+        config_dir = root / name
+        for run in range(2):
+            write_run(config_dir / f"run_{run:03d}", key, run)
+        (config_dir / "config.yaml").write_text(yaml.safe_dump({"name": key, "model": {
+            "architecture": "fcn", "mask_mode": "none" if key == "base" else "signed"}}))
+    write_run(root / "mode=signed-0123abcd" / "run_002", "sig", 0, status="failed")  # ignored
+    (root / "mode=signed-0123abcd" / "run_003.partial").mkdir()  # ignored
+    return tmp_path / "results"
+
+
+# ------------------------------------------------------------------------------------------------ finding
+def test_find_results_dirs_and_runs(results):
+    sweep = results / "sweep"
+    expected = [(sweep / "mode=none-89abcdef").resolve(), (sweep / "mode=signed-0123abcd").resolve()]
+    assert analysis.find_results_dirs([results]) == expected
+    assert analysis.find_results_dirs([sweep / "mode=none-89abcdef" / "run_001"]) == expected[:1]
+    assert [p.name for p in analysis.run_dirs(expected[1])] == ["run_000", "run_001"]
+    assert [p.name for p in analysis.run_dirs(expected[1], ok_only=False)] == ["run_000", "run_001", "run_002"]
+    loaded = analysis.load_results([results])
+    assert [(r.label, r.is_baseline, len(r.runs)) for r in loaded] == [("mode=none", True, 2),
+                                                                       ("mode=signed", False, 2)]
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def test_aggregate_histories_equals_hand_computation(results):
+    runs = analysis.run_dirs(results / "sweep" / "mode=signed-0123abcd")
+    agg = analysis.aggregate_histories(runs)
+    np.testing.assert_array_equal(agg["epoch"], [1, 2, 3])
+    np.testing.assert_allclose(agg["test_accuracy"]["mean"], [0.6, 0.7, 0.8])
+    np.testing.assert_allclose(agg["test_accuracy"]["min"], [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(agg["test_accuracy"]["max"], [0.7, 0.8, 0.9])
+    np.testing.assert_allclose(agg["test_accuracy"]["std"], [0.1, 0.1, 0.1])
+    np.testing.assert_allclose(agg["remaining_percent"]["mean"], [45.0, 15.0, 7.5])
+    np.testing.assert_array_equal(agg["remaining_percent"]["n"], [2, 2, 2])
+    # Histories of different lengths (early stop) and a missing value.
+    short = [{"epoch": 1, "test_accuracy": 0.2}, {"epoch": 2, "test_accuracy": None}]
+    long = [{"epoch": e, "test_accuracy": 0.1 * e} for e in (1, 2, 3)]
+    agg = analysis.aggregate_histories([short, long], keys=("test_accuracy",))
+    np.testing.assert_allclose(agg["test_accuracy"]["mean"], [0.15, 0.2, 0.3])
+    np.testing.assert_array_equal(agg["test_accuracy"]["n"], [2, 1, 1])
+
+
+def test_final_statistics_and_layer_fractions(results):
+    runs = analysis.run_dirs(results / "sweep" / "mode=signed-0123abcd")
+    stats = analysis.final_statistics(runs)
+    assert stats["test_accuracy_percent"]["mean"] == pytest.approx(80.0)
+    assert stats["test_accuracy_percent"]["std"] == pytest.approx(np.std([70.0, 90.0], ddof=1))
+    assert stats["remaining_percent"]["mean"] == pytest.approx(7.5)
+    fractions = analysis.layer_fractions(runs[0] / "layers.json")
+    assert list(fractions) == ["dense_0", "output"]
+    assert fractions["dense_0"] == pytest.approx({"kept": 0.10, "inverted": 0.05, "hidden": 0.85})
+    assert fractions["output"] == pytest.approx({"kept": 0.2, "inverted": 0.2, "hidden": 0.6})
+    mean = analysis.mean_layer_fractions(runs)
+    assert mean["dense_0"] == pytest.approx({"kept": 0.15, "inverted": 0.10, "hidden": 0.75})
+    assert mean["output"] == pytest.approx({"kept": 0.3, "inverted": 0.1, "hidden": 0.6})
+
+
+def test_first_layer_mask_and_pixel_keep_counts(results):
+    run = results / "sweep" / "mode=signed-0123abcd" / "run_000"
+    name, mask = analysis.first_layer_mask(run)
+    assert name == "dense_0" and mask.shape == (784, 5)
+    assert mask[0, 0] == 1 and mask[10, 1] == -1 and mask[10, 3] == 1 and mask[10, 2] == 0 and mask[783, 4] == 0
+    assert np.count_nonzero(mask) == 3
+    counts = analysis.pixel_keep_counts(mask)
+    expected = np.zeros((28, 28), int)
+    expected[0, 0], expected[0, 10] = 1, 2
+    np.testing.assert_array_equal(counts, expected)
+    with pytest.raises(ValueError):
+        analysis.pixel_keep_counts(np.zeros((100, 3)))
+    masks = analysis.run_masks(run)
+    np.testing.assert_array_equal(masks["output"], [[1, -1, 0]] * 5)
+
+
+def test_effective_mask_np_matches_custom_layers():
+    m = np.random.default_rng(0).normal(size=(30, 20)).astype("float32")
+    tensor = keras.ops.convert_to_tensor(m)
+    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "signed"),
+                                  keras.ops.convert_to_numpy(signed_mask(tensor, 0.7)))
+    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "binary"),
+                                  keras.ops.convert_to_numpy(binary_mask(tensor, 0.7)))
+    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.0, "topk", 0.3),
+                                  keras.ops.convert_to_numpy(topk_mask(tensor, 0.3)))
+
+
+def test_mask_image_colours_and_conv_reshape():
+    mask = np.zeros((3, 3, 2, 4), "float32")
+    mask[0, 0, 0, 0], mask[2, 2, 1, 3] = 1, -1
+    assert analysis.mask_to_2d(mask).shape == (18, 4)
+    image = analysis.mask_image(mask)
+    assert image.shape == (18, 4, 3) and image.dtype == np.uint8
+    assert tuple(image[0, 0]) == analysis.KEPT_RGB and tuple(image[17, 3]) == analysis.INVERTED_RGB
+    assert tuple(image[5, 1]) == analysis.HIDDEN_RGB
+
+
+def test_sample_digit_sources(tmp_path):
+    x = np.zeros((3, 28, 28), np.uint8)
+    x[1, 5:20, 10:14] = 255
+    np.savez(tmp_path / "s.npz", x_test=x, y_test=np.array([3, 8, 8]))
+    image, source = analysis.sample_digit(tmp_path / "s.npz", 1)
+    assert image.shape == (28, 28) and image.max() == 1.0 and image[0, 0] == 0.0 and "x_test[1]" in source
+    _, source = analysis.sample_digit(tmp_path / "s.npz", 1, label=8)
+    assert "x_test[2]" in source
+    image, source = analysis.sample_digit(data_dir=tmp_path / "nowhere")
+    assert source == "synthetic digit" and image.shape == (28, 28) and 0 < image.mean() < 0.5
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def test_cli_writes_every_figure_as_png_and_pdf(results, tmp_path, capsys):
+    x = np.random.default_rng(0).integers(0, 255, size=(2, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "sample.npz", x_test=x)
+    out = tmp_path / "figures"
+    assert analysis.main([str(results), "--out", str(out), "--sample-npz", str(tmp_path / "sample.npz")]) == 0
+    for stem in ("training_curves", "tradeoff", "layer_fractions", "figure1_mode=signed"):
+        png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000, stem
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000, stem
+    assert not list(out.glob("figure1_mode=none*"))  # no Figure 1 for a baseline
+    assert str(out / "tradeoff.png") in capsys.readouterr().out
+    assert analysis.main([str(tmp_path / "empty_dir_that_is_missing"), "--out", str(out)]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ TensorBoard
+def test_mask_image_callback_writes_events_during_fit(tmp_path):
+    model = build_model("fcn", MaskedLayers(seed=0), hidden=(16, 8))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 784)).astype("float32")
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 32)]
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[analysis.MaskImageCallback(tmp_path / "tb", log_metrics=True)])
+    events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    values = {value.tag: (value, event.step) for event in tf.compat.v1.train.summary_iterator(str(events[0]))
+              for value in event.summary.value}
+    assert {"remaining/global", "remaining/dense_0", "inverted/output", "masks/dense_0", "masks/output",
+            "epoch/loss"} <= set(values)
+    scalar, step = values["remaining/global"]
+    assert step == 0 and scalar.metadata.plugin_data.plugin_name == "scalars"
+    assert float(tf.make_ndarray(scalar.tensor)) == pytest.approx(mask_statistics(model)["remaining_percent"])
+    image, _ = values["masks/dense_0"]
+    assert image.metadata.plugin_data.plugin_name == "images"
+    width, height, png = tf.make_ndarray(image.tensor)
+    assert (int(width), int(height)) == (16, 784)
+    expected = analysis.mask_image(keras.ops.convert_to_numpy(model.get_layer("dense_0").effective_mask()))
+    np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), expected)
+
+
+def test_looper_tensorboard_hook_uses_the_callback(tmp_path):
+    from experiment_looper import _tensorboard_callbacks
+
+    callbacks = _tensorboard_callbacks(tmp_path)
+    assert any(isinstance(c, analysis.MaskImageCallback) for c in callbacks)
+
+
+def test_duplicate_config_names_get_distinct_labels(tmp_path):
+    for parent, name in (("a", "fcn-11111111"), ("b", "fcn-22222222"), ("b", "fcn-33333333")):
+        write_run(tmp_path / parent / name / "run_000", "sig", 0)
+    labels = [r.label for r in analysis.load_results([tmp_path])]
+    assert labels == ["a/fcn", "b/fcn-22222222", "b/fcn-33333333"]
