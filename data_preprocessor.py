@@ -535,15 +535,16 @@ def _encode_labels(y: np.ndarray, label_format: str, num_classes: int) -> np.nda
     return y.astype(np.int32)
 
 
-def _train_pipeline(x, y, batch_size, seed, augment, flat_shape):
+def _train_pipeline(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
     n = x.shape[0]
     x_t = tf.convert_to_tensor(x)
     y_t = tf.convert_to_tensor(y)
     # Shuffling indices with a full buffer is equivalent to shuffling the examples
     # with a full buffer, without copying the images into the shuffle buffer.
-    indices = tf.data.Dataset.range(n).shuffle(
-        max(n, 1), seed=seed, reshuffle_each_iteration=True
-    )
+    # shuffle=False keeps the file order in every epoch (the authors' MNIST pipeline).
+    indices = tf.data.Dataset.range(n)
+    if shuffle:
+        indices = indices.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
     if augment:
         randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
@@ -583,6 +584,7 @@ def load_dataset(
     synthetic_train: int = 512,
     synthetic_test: int = 256,
     flatten: bool | None = None,
+    shuffle: bool = True,
 ) -> DataBundle:
     """Load ``dataset`` from ``source`` and build the train/test pipelines.
 
@@ -590,7 +592,9 @@ def load_dataset(
     only; ``label_format=None`` is ``"one_hot"`` for MNIST/CIFAR-10 and
     ``"sparse"`` for CIFAR-100; ``augment=None`` augments CIFAR-100 only
     (``augment=True`` on MNIST raises ``ValueError``).  ``seed`` seeds the
-    per-epoch shuffle, the augmentation and the synthetic data.
+    per-epoch shuffle, the augmentation and the synthetic data. ``shuffle=False``
+    iterates the training set in file order every epoch, as the authors' MNIST
+    pipeline did (``shuffle_files=True`` on a single-file split shuffles nothing).
     """
     info = _check_dataset(dataset)
     _check_source(source)
@@ -626,7 +630,7 @@ def load_dataset(
     y_train = _encode_labels(y_train, label_format, info.num_classes)
     y_test = _encode_labels(y_test, label_format, info.num_classes)
 
-    train = _train_pipeline(x_train, y_train, batch_size, seed, bool(augment), flat_shape)
+    train = _train_pipeline(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
     test = _test_pipeline(x_test, y_test, batch_size)
     logger.info(
         "Prepared %s pipelines (batch %d, %s labels, augment=%s, flatten=%s) in %.2f s",

@@ -171,7 +171,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, extra_c
 
     seed_everything(seed, cfg.training.deterministic)
     d = cfg.data
-    data = load_dataset(d.dataset, d.source, d.data_dir, batch_size=d.batch_size, augment=d.augment, seed=seed,
+    data = load_dataset(d.dataset, d.source, d.data_dir, batch_size=d.batch_size, augment=d.augment, seed=seed, shuffle=d.shuffle,
                         synthetic_train=d.synthetic_train, synthetic_test=d.synthetic_test)
     t = cfg.training
     with precision_policy(t.mixed_precision):

@@ -565,3 +565,13 @@ def test_tfds_success_path_converts_to_numpy(monkeypatch):
     assert isinstance(x_train, np.ndarray) and x_train.dtype == np.uint8 and y_train.dtype == np.int64
     np.testing.assert_array_equal(x_train, images)
     np.testing.assert_array_equal(y_test, labels[:2])
+
+
+def test_shuffle_false_keeps_file_order_every_epoch():
+    bundle = dp.load_dataset("mnist", "synthetic", batch_size=50, synthetic_train=200, synthetic_test=20, seed=1,
+                          shuffle=False)
+    raw = dp.load_arrays("mnist", "synthetic", synthetic_train=200, synthetic_test=20, seed=1)
+    first = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.train])
+    second = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.train])
+    np.testing.assert_array_equal(first, raw[1])
+    np.testing.assert_array_equal(second, raw[1])
