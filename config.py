@@ -210,7 +210,8 @@ RULES: dict[str, dict[str, Any]] = {
                                  "choices": PRECISIONS},
     "training.distribute": {"help": "null, mirrored (all local devices) or multi_worker (TF_CONFIG).",
                             "choices": STRATEGIES},
-    "training.deterministic": {"help": "TF op determinism: same config + seed gives identical results on CPU."},
+    "training.deterministic": {"help": "TF op determinism (for the whole process): same config + seed gives identical "
+                                       "results. Keras disables XLA under it, so jit_compile needs false here."},
     "training.tensorboard": {"help": "Write TensorBoard scalars and mask images into the run directory."},
     "training.verbose": {"help": "0 silent, 1 one line per epoch.", "lo": 0, "hi": 2},
     "sweep": {"help": "Optional: run every combination of `grid` (key -> list, cartesian product) and `zip` (keys "
@@ -369,6 +370,9 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                 errors.append(ConfigError(f"model.{key}", f"file {path} (run {run}) does not exist; create it "
                                                           f"with init_example.py"))
                 break
+    if cfg.training.jit_compile and cfg.training.deterministic:
+        errors.append(ConfigError("training.jit_compile", "Keras turns XLA off while TF op determinism is on; set "
+                                                          "training.deterministic: false to compile with XLA"))
     if cfg.training.distribute and cfg.data.batch_size < 2:
         errors.append(ConfigError("data.batch_size", "distributed training needs a batch of at least 2"))
 

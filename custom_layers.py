@@ -58,6 +58,26 @@ def straight_through(m, hard):
     return hard + (m - ops.stop_gradient(m))
 
 
+def masked_kernel(w, m, tau, hard):
+    """W_eff = w * hard(m, tau) with the straight-through gradient dL/dm = dL/dW_eff * w.
+
+    The same values and gradient as `w * straight_through(m, hard(m, tau))`, but the backward pass is one multiply:
+    the step function is never differentiated (measured: 15 % (FCN) to 42 % (Conv2) less masking work per step
+    without XLA; benchmarks/README.md). `w` and `tau` get no gradient (both are frozen).
+    """
+
+    @ops.custom_gradient
+    def kernel_of(m):
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return upstream * w
+
+        return w * hard(m, tau), grad
+
+    return kernel_of(m)
+
+
 def relative_threshold(m, fraction):
     """tau = fraction * max|m|."""
     return float(fraction) * float(ops.convert_to_numpy(ops.max(ops.abs(m))))
@@ -86,8 +106,9 @@ class MaskMode:
         """The layer's fixed tau, from its initial mask."""
         return relative_threshold(m_init, fraction)
 
-    def __call__(self, m, tau):
-        return straight_through(m, self.hard(m, tau))
+    def kernel(self, w, m, tau):
+        """w * M with the straight-through gradient (see `masked_kernel`)."""
+        return masked_kernel(w, m, tau, self.hard)
 
     def get_config(self):
         return {}
@@ -210,10 +231,10 @@ class MaskedKernelMixin:
         return self.mask_mode.hard(ops.convert_to_tensor(self.mask), ops.convert_to_tensor(self.threshold))
 
     def effective_kernel(self):
-        """w * M in the layer's compute dtype, differentiable in m through the STE."""
-        m = ops.convert_to_tensor(self.mask)
-        kernel = ops.convert_to_tensor(self.kernel) * self.mask_mode(m, ops.convert_to_tensor(self.threshold))
-        return ops.cast(kernel, self.compute_dtype)
+        """w * M in the layer's compute dtype, differentiable in m through the STE. Computed once per call."""
+        # ops.copy reads each variable once into a tensor (custom_gradient must not capture variables).
+        w, m, tau = ops.copy(self.kernel), ops.copy(self.mask), ops.copy(self.threshold)
+        return ops.cast(self.mask_mode.kernel(w, m, tau), self.compute_dtype)
 
     def mask_counts(self) -> dict[str, int]:
         """Counts of kept (+1), inverted (-1) and hidden (0) weights."""

@@ -128,14 +128,21 @@ def build_run_model(cfg: ExperimentConfig, seed: int, run: int):
     return model
 
 
+_STRATEGIES: dict[str, Any] = {}
+
+
 def distribution_strategy(cfg: ExperimentConfig):
+    """The tf.distribute strategy of `training.distribute`, created once per process: a second
+    MirroredStrategy in one process breaks TensorFlow's collectives (sweeps and resumed runs reuse the first)."""
     import tensorflow as tf
 
-    if cfg.training.distribute == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if cfg.training.distribute == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return None
+    name = cfg.training.distribute
+    if name is None:
+        return None
+    if name not in _STRATEGIES:
+        factories = {"mirrored": tf.distribute.MirroredStrategy, "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}
+        _STRATEGIES[name] = factories[name]()
+    return _STRATEGIES[name]
 
 
 @contextlib.contextmanager

@@ -289,6 +289,9 @@ class StopOnNonFinite(keras.callbacks.Callback):
     happens. `epoch` and `batch` are 1-based; `step` is the optimiser's global step count at that point.
     """
 
+    # Batch hooks run on Keras' callback thread (async dispatch): the check never blocks the training loop.
+    async_safe = True
+
     def __init__(self, monitor: str = "loss"):
         super().__init__()
         self.monitor = monitor
@@ -339,6 +342,8 @@ class EpochRecorder(keras.callbacks.Callback):
     given, the recorder evaluates `test_data` itself. The `LOG_KEYS` entries are also written into the epoch's
     `logs`, so callbacks placed after this one can monitor e.g. `test_accuracy` or `remaining_percent`. The mask statistics are computed here, once per epoch, outside the train step.
     """
+
+    async_safe = True  # its batch hook only counts batches: keep Keras' async dispatch
 
     def __init__(self, history: list | None = None, *, test_data=None, stopper: StopOnNonFinite | None = None):
         super().__init__()

@@ -65,6 +65,7 @@ BAD = [
     ("model.masks_file", "nowhere.npz", "model.masks_file", "does not exist"),
     ("data.source", "local", "data.data_dir", "needs data_dir"),
     ("training", [1, 2], "training", "expected a mapping"),
+    ("training.jit_compile", True, "training.jit_compile", "set training.deterministic: false"),
     ("sweep", {"grid": {"model.threshold_fraction": [0.5, 1.5]}}, "model.threshold_fraction", "sweep combination"),
     ("sweep", {"zip": {"runs": [1, 2], "base_seed": [1]}}, "sweep.zip", "equal lengths"),
 ]
