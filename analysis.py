@@ -50,6 +50,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import keras  # noqa: E402
 
+from custom_layers import mask_mode_from_name  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 RUN_PATTERN = re.compile(r"run_\d{3}")
@@ -251,23 +253,16 @@ def mean_layer_fractions(runs: Sequence) -> dict[str, dict[str, float]]:
 
 
 def effective_mask_np(m: np.ndarray, tau: float, mode: str = "signed", topk_fraction: float = 0.5) -> np.ndarray:
-    """The effective mask in numpy (float32 values in {-1, 0, +1}), as custom_layers computes it:
+    """The effective mask (float32 numpy, values in {-1, 0, +1}) of a saved mask, computed by the mask mode of
+    custom_layers, so the formula has one definition:
 
         signed  sign(m) * 1[|m| > tau]
         binary  1[m > tau]
         topk    1[|m| >= k-th largest |m|], k = max(1, round(topk_fraction * size))
     """
-    m = np.asarray(m, dtype=np.float32)
-    tau = np.float32(tau)
-    if mode == "signed":
-        return (np.sign(m) * (np.abs(m) > tau)).astype(np.float32)
-    if mode == "binary":
-        return (m > tau).astype(np.float32)
-    if mode == "topk":
-        k = max(1, int(round(float(topk_fraction) * m.size)))
-        kth = np.sort(np.abs(m).ravel())[-k]
-        return (np.abs(m) >= kth).astype(np.float32)
-    raise ValueError(f"no effective mask for mask mode {mode!r}")
+    mask_mode = mask_mode_from_name(mode, topk_fraction)
+    hard = mask_mode.hard(keras.ops.convert_to_tensor(np.asarray(m, dtype=np.float32)), np.float32(tau))
+    return np.asarray(keras.ops.convert_to_numpy(hard), dtype=np.float32)
 
 
 def pixel_keep_counts(mask: np.ndarray, image_shape: tuple[int, int] = (28, 28)) -> np.ndarray:

@@ -169,6 +169,14 @@ class TopKMask(MaskMode):
 MASK_MODES = {cls.name: cls for cls in (SignedMask, BinaryMask, TopKMask)}
 
 
+def mask_mode_from_name(name: str, topk_fraction: float = 0.5) -> MaskMode:
+    """The mode a config names; `topk` takes its kept fraction k."""
+    if name not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {name!r}; allowed: {', '.join(MASK_MODES)}")
+    cls = MASK_MODES[name]
+    return cls(topk_fraction) if cls is TopKMask else cls()
+
+
 def get_mask_mode(mode) -> MaskMode:
     """A MaskMode from an instance, a name ('signed', 'binary', 'topk') or a serialized dict."""
     if isinstance(mode, MaskMode):

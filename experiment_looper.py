@@ -92,7 +92,7 @@ def _yaml(cfg: ExperimentConfig, **extra) -> str:
 # --------------------------------------------------------------------------------------------------------------
 def layer_factory(cfg: ExperimentConfig, seed: int):
     """BaselineLayers for mask_mode none, else MaskedLayers with the config's mode and inits."""
-    from custom_layers import BaselineLayers, MaskedLayers, TopKMask
+    from custom_layers import BaselineLayers, MaskedLayers, mask_mode_from_name
     from weight_initializer import InitSpec
 
     def spec(value):
@@ -101,8 +101,7 @@ def layer_factory(cfg: ExperimentConfig, seed: int):
     m = cfg.model
     if m.mask_mode == "none":
         return BaselineLayers(weight_init=spec(m.weight_init or "elu_uniform"), seed=seed)
-    mode = TopKMask(m.topk_fraction) if m.mask_mode == "topk" else m.mask_mode
-    return MaskedLayers(mask_mode=mode, weight_init=spec(m.weight_init or "elus"), mask_init=spec(m.mask_init),
+    return MaskedLayers(mask_mode=mask_mode_from_name(m.mask_mode, m.topk_fraction), weight_init=spec(m.weight_init or "elus"), mask_init=spec(m.mask_init),
                         threshold_fraction=m.threshold_fraction, seed=seed)
 
 

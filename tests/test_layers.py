@@ -7,7 +7,8 @@ import tensorflow as tf
 from keras import ops
 
 from custom_layers import (BinaryMask, MaskedConv2D, MaskedDense, SignedMask, TopKMask, binary_mask, count_mask,
-                           get_mask_mode, mask_statistics, masked_layers, signed_mask, straight_through, topk_mask)
+                           get_mask_mode, mask_mode_from_name, mask_statistics, masked_layers, signed_mask,
+                           straight_through, topk_mask)
 from weight_initializer import ScaledInitializer
 
 RNG = np.random.default_rng(0)
@@ -221,3 +222,11 @@ def test_mixed_float16_computes_in_half_keeps_float32_variables():
     history = model.fit(x, y, epochs=4, batch_size=32, verbose=0).history["loss"]
     assert model.jit_compile
     assert np.isfinite(history).all() and history[-1] < history[0]
+
+
+def test_mask_mode_from_name():
+    assert mask_mode_from_name("signed") == SignedMask()
+    assert mask_mode_from_name("binary", 0.3) == BinaryMask()
+    assert mask_mode_from_name("topk", 0.05) == TopKMask(0.05)
+    with pytest.raises(ValueError, match="allowed: signed, binary, topk"):
+        mask_mode_from_name("none")
