@@ -32,6 +32,16 @@ def test_topk_mask_keeps_exactly_k_fraction():
         assert kept_scores.min() >= np.abs(ops.convert_to_numpy(m))[hard == 0].max()
 
 
+def test_kth_largest_is_exact():
+    from custom_layers import kth_largest
+
+    values = np.abs(RNG.normal(size=5000)).astype("float32")
+    values[:10] = 0.0  # zeros and ties
+    values[10:20] = values[20]
+    for k in (1, 7, 2500, 4990, 5000):
+        assert float(kth_largest(ops.convert_to_tensor(values), k)) == np.sort(values)[::-1][k - 1]
+
+
 def test_straight_through_forward_is_exact_and_gradient_is_identity():
     m = tf.Variable(RNG.uniform(-1, 1, size=(64,)).astype("float32"))
     with tf.GradientTape() as tape:
@@ -54,7 +64,10 @@ def test_ste_gradient_equals_dl_dweff_times_w(mode):
     grad_m = tape.gradient(loss, layer.mask)
     w_eff = (layer.kernel * layer.effective_mask()).numpy()
     dl_dweff = x.numpy().T @ (2 * (x.numpy() @ w_eff - target.numpy()))
-    np.testing.assert_allclose(grad_m.numpy(), dl_dweff * layer.kernel.numpy(), rtol=1e-4, atol=1e-4)
+    expected = dl_dweff * layer.kernel.numpy()
+    if isinstance(mode, TopKMask):  # ranks |m|: straight through |m|, so the chain rule adds sign(m)
+        expected = expected * np.sign(layer.mask.numpy())
+    np.testing.assert_allclose(grad_m.numpy(), expected, rtol=1e-4, atol=1e-4)
     assert [v.name for v in layer.trainable_weights] == ["mask"]
     assert sorted(v.name for v in layer.non_trainable_weights) == ["kernel", "threshold"]
 
