@@ -202,7 +202,8 @@ RULES: dict[str, dict[str, Any]] = {
     "training.schedule.patience": {"help": "plateau: non-improving epochs before reductions start.", "lo": 3},
     "training.schedule.factor": {"help": "plateau: lr (and wd) multiplier per reduction.", "gt": 0.0, "lt": 1.0},
     "training.schedule.cooldown": {"help": "plateau: epochs without reduction after one.", "lo": 0},
-    "training.schedule.start_epoch": {"help": "plateau: first epoch that is checked.", "lo": 1},
+    "training.schedule.start_epoch": {"help": "plateau: complete epochs before the first check (the authors: 10).",
+                                      "lo": 0},
     "training.schedule.max_reductions": {"help": "plateau: training stops after this many reductions.", "lo": 1},
     "training.schedule.min_delta": {"help": "plateau: improvement below this does not count.", "lo": 0.0},
     "training.jit_compile": {"help": "Compile the train step with XLA."},
@@ -523,12 +524,28 @@ def config_hash(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
+def short_keys(combo: dict[str, Any]) -> dict[str, str]:
+    """Each dotted key's shortest suffix that is unique in `combo`: 'model.weight_init.factor' ->
+    'weight_init.factor' when 'model.mask_init.factor' is swept too, else 'factor'."""
+    out = {}
+    for key in combo:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            suffix = ".".join(parts[-n:])
+            if sum(other == suffix or other.endswith("." + suffix) for other in combo) == 1:
+                out[key] = suffix
+                break
+    return out
+
+
 def combo_label(combo: dict[str, Any]) -> str:
-    """'threshold_fraction=0.5,weight_init=he' from a sweep combination (last key part, filesystem-safe)."""
+    """'threshold_fraction=0.5,weight_init=he' from a sweep combination (shortest unique key suffix,
+    filesystem-safe)."""
     parts = []
+    names = short_keys(combo)
     for key, value in combo.items():
         text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-        parts.append(f"{key.split('.')[-1]}={text}")
+        parts.append(f"{names[key]}={text}")
     safe = "".join(c if c.isalnum() or c in "=,._-" else "_" for c in ",".join(parts))
     return safe[:80]
 

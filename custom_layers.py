@@ -204,9 +204,7 @@ def get_mask_mode(mode) -> MaskMode:
     if isinstance(mode, MaskMode):
         return mode
     if isinstance(mode, str):
-        if mode not in MASK_MODES:
-            raise ValueError(f"unknown mask mode {mode!r}; allowed: {', '.join(MASK_MODES)}")
-        return MASK_MODES[mode]()
+        return mask_mode_from_name(mode)
     if isinstance(mode, dict):
         return keras.saving.deserialize_keras_object(mode)
     raise TypeError(f"cannot make a mask mode from {mode!r}")

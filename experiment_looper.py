@@ -264,7 +264,8 @@ def run_experiment(cfg: ExperimentConfig, directory: Path, *, train=train_run) -
     """All runs of one (combination of a) config into `directory`, resuming; returns the summary."""
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_text(directory / "config.yaml", _yaml(cfg))
-    done = finished_runs(directory)
+    # Runs beyond cfg.runs (left by an earlier, larger --runs) stay on disk but are not this summary's.
+    done = {run: m for run, m in finished_runs(directory).items() if run < cfg.runs}
     for run, seed in enumerate(cfg.seeds()):
         final_dir = directory / run_name(run)
         if run in done:
@@ -369,7 +370,7 @@ def comparison_rows(results: list[tuple[dict, dict]]) -> list[dict]:
     rows = []
     for combo, summary in results:
         acc, rem = summary["test_accuracy_percent"], summary["remaining_percent"]
-        rows.append({**{k.split(".")[-1]: v for k, v in combo.items()},
+        rows.append({**{config_lib.short_keys(combo)[k]: v for k, v in combo.items()},
                      "runs": summary["runs_finished"], "failed": summary["runs_failed"],
                      "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
                      "remaining_mean": rem["mean"], "remaining_std": rem["std"],
@@ -471,10 +472,15 @@ def main(argv=None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
-    if args.dry_run:
-        return dry_run(combos)
-
     from data_preprocessor import DataUnavailableError
+    from weight_initializer import WeightsFileMismatch
+
+    if args.dry_run:
+        try:
+            return dry_run(combos)
+        except WeightsFileMismatch as exc:
+            print(f"error: model.weights_file / model.masks_file: {exc}", file=sys.stderr)
+            return 2
 
     results = []
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -488,6 +494,9 @@ def main(argv=None) -> int:
             print(summary_markdown(summary))
     except DataUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except WeightsFileMismatch as exc:
+        print(f"error: model.weights_file / model.masks_file: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)

@@ -570,7 +570,9 @@ def main(argv=None) -> int:
         report = compact_size_report(model, tmp)
         for name in ("stripped.keras", "compact.npz"):
             shutil.copyfile(Path(tmp) / name, out / name)
-    (out / "sizes.json").write_text(json.dumps(report, indent=1) + "\n")
+    from experiment_looper import atomic_write_json
+
+    atomic_write_json(out / "sizes.json", report)
     print(f"{run_dir}: {cfg.model.architecture}, mask_mode {cfg.model.mask_mode}, seed {seed}")
     if not args.no_summary:
         print_mask_summary(model)

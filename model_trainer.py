@@ -286,7 +286,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
     """Stops training as soon as a batch's logged loss is NaN or inf, and records where.
 
     Keras logs the running mean of the epoch's loss, so a non-finite batch loss shows at the batch where it
-    happens. `epoch` and `batch` are 1-based; `step` is the optimiser's global step count at that point.
+    happens. `epoch` and `batch` are 1-based; `step` counts the steps of this fit up to that batch.
     """
 
     # Batch hooks run on Keras' callback thread (async dispatch): the check never blocks the training loop.
@@ -317,7 +317,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
             return
         self.triggered = True
         self.epoch, self.batch, self.value = self._epoch, int(batch) + 1, value
-        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        # The hook may run on Keras' callback thread, after later steps began: count the step, don't read it.
+        self.step = (self.epoch - 1) * int((self.params or {}).get("steps") or 0) + self.batch
         log.warning("%s", self.message)
         self.model.stop_training = True
 
@@ -326,7 +327,7 @@ class StopOnNonFinite(keras.callbacks.Callback):
         if not self.triggered:
             return ""
         return (f"{self.monitor} became {self.value} at epoch {self.epoch}, batch {self.batch} "
-                f"(global step {self.step})")
+                f"(step {self.step})")
 
 
 class EpochRecorder(keras.callbacks.Callback):

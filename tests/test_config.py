@@ -193,3 +193,11 @@ def test_cli_reports_errors_with_exit_code_2_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "model.threshold_fraction: 1.5 is out of range: must be < 1.0" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sweep_labels_use_the_shortest_unique_key_suffix():
+    combo = {"model.weight_init.factor": 1.5, "model.mask_init.factor": 2.0, "model.threshold_fraction": 0.5}
+    assert config_lib.short_keys(combo) == {"model.weight_init.factor": "weight_init.factor",
+                                            "model.mask_init.factor": "mask_init.factor",
+                                            "model.threshold_fraction": "threshold_fraction"}
+    assert config_lib.combo_label(combo) == "weight_init.factor=1.5,mask_init.factor=2.0,threshold_fraction=0.5"

@@ -271,3 +271,24 @@ def test_tensorboard_switch_writes_event_files(tmp_path):
     events = list(logdir.rglob("events.out.tfevents.*"))
     assert any("masks" in str(p) for p in events)  # mask images and remaining-weights scalars
     assert any("train" in str(p) for p in events)  # Keras' loss / accuracy / learning rate
+
+
+def test_summary_counts_only_the_configs_runs(tmp_path):
+    cfg = config_lib.parse_config({**TINY, "runs": 3, "output_dir": str(tmp_path / "out")})
+    directory = config_lib.results_dir(cfg)
+    assert looper.run_experiment(cfg, directory)["runs_finished"] == 3
+    fewer = config_lib.parse_config({**TINY, "runs": 2, "output_dir": str(tmp_path / "out")})
+    assert config_lib.results_dir(fewer) == directory  # runs is not part of the hash: same directory
+    summary = looper.run_experiment(fewer, directory, train=lambda *a: pytest.fail("nothing to train"))
+    assert summary["runs_finished"] == 2 and summary["test_accuracy_percent"]["n"] == 2
+
+
+def test_init_file_for_another_architecture_exits_2(tmp_path, capsys):
+    np.savez(tmp_path / "other.npz", **{"conv_0_0/kernel": np.zeros((3, 3, 3, 64), "float32")})
+    raw = {**TINY, "runs": 1, "model": {**TINY["model"], "weights_file": str(tmp_path / "other.npz")}}
+    path = _write(tmp_path, raw)
+    assert looper.main([str(path), "--dry-run"]) == 2
+    assert looper.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "model.weights_file" in err and "dense_0/kernel is missing from the file" in err
+    assert "Traceback" not in err

@@ -116,14 +116,18 @@ def test_initial_active_fraction_is_one_minus_p(fraction):
 
 
 def test_threshold_fixed_in_training_and_recomputed_on_reinit():
-    layer = MaskedDense(10, threshold_fraction=0.4)
-    layer.build((None, 20))
+    model = keras.Sequential([keras.Input((20,)), MaskedDense(10, threshold_fraction=0.4)])
+    layer = model.layers[0]
     tau0 = float(layer.threshold)
-    layer.mask.assign(layer.mask * 3.0)  # training moves the mask: tau stays
-    assert float(layer.threshold) == tau0
+    mask0 = layer.mask.numpy().copy()
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, weight_decay=0.5), loss="mse")
+    x = RNG.normal(size=(64, 20)).astype("float32")
+    model.fit(x, RNG.normal(size=(64, 10)).astype("float32"), epochs=3, verbose=0)
+    assert np.abs(layer.mask.numpy()).max() < 0.9 * np.abs(mask0).max()  # the mask moved and shrank ...
+    assert float(layer.threshold) == tau0  # ... tau did not follow
     tau1 = layer.reinitialize_mask(ScaledInitializer("uniform", "he", seed=9))
     assert tau1 == pytest.approx(0.4 * np.abs(layer.mask.numpy()).max())
-    assert float(layer.threshold) == pytest.approx(tau1)
+    assert float(layer.threshold) == pytest.approx(tau1) and tau1 != pytest.approx(tau0)
 
 
 def test_mask_counts_and_statistics_by_hand():
