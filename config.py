@@ -24,19 +24,23 @@ from typing import Any, Optional, Union
 
 import yaml
 
+import architectures
+import custom_layers
+import data_preprocessor
+import weight_initializer
 from model_trainer import OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec
+from resnet_networks import BATCH_NORM_MODES
 
-# Kept in sync with the modules they describe; tests check that (tests/test_config.py).
-ARCHITECTURES = ("fcn", "conv2", "conv4", "conv6", "conv8", "resnet20", "resnet56", "resnet110")
-ARCHITECTURE_DATASETS = {"fcn": ("mnist",)} | {a: ("cifar10", "cifar100") for a in ARCHITECTURES[1:]}
-DATASETS = {"mnist": 10, "cifar10": 10, "cifar100": 100}
-SOURCES = ("tfds", "local", "synthetic")
-MASK_MODES = ("signed", "binary", "topk", "none")
-BATCH_NORM_MODES = ("learned", "none", "frozen")
-WEIGHT_PRESETS = ("elus", "elus_file", "he", "xavier", "uniform_he", "elu_uniform")
-MASK_PRESETS = ("xavier_uniform", "he_uniform", "elu_uniform", "elus_uniform")
-DISTRIBUTIONS = ("signed_constant", "constant", "uniform", "normal")
-SCALINGS = ("he", "xavier", "elu", "elus")
+# Allowed names come from the modules that define them, so the schema cannot drift from the code.
+ARCHITECTURES = tuple(architectures.ARCHITECTURES)
+ARCHITECTURE_DATASETS = {name: arch.datasets for name, arch in architectures.ARCHITECTURES.items()}
+DATASETS = {name: info.num_classes for name, info in data_preprocessor.DATASETS.items()}
+SOURCES = data_preprocessor.SOURCES
+MASK_MODES = tuple(custom_layers.MASK_MODES) + ("none",)  # none = the dense baseline
+WEIGHT_PRESETS = tuple(weight_initializer.WEIGHT_PRESETS)
+MASK_PRESETS = tuple(weight_initializer.MASK_PRESETS)
+DISTRIBUTIONS = weight_initializer.DISTRIBUTIONS
+SCALINGS = weight_initializer.SCALINGS
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker")
 

@@ -113,25 +113,6 @@ def test_every_shipped_config_is_valid(path):
         assert cfg.paper in PAPER_RESULTS
 
 
-def test_schema_lists_match_the_modules():
-    import architectures
-    import data_preprocessor
-    import custom_layers
-    import resnet_networks
-    import weight_initializer
-
-    assert config_lib.ARCHITECTURES == tuple(architectures.ARCHITECTURES)
-    for arch, spec in architectures.ARCHITECTURES.items():
-        assert config_lib.ARCHITECTURE_DATASETS[arch] == spec.datasets
-    assert config_lib.SOURCES == data_preprocessor.SOURCES
-    assert config_lib.DATASETS == {k: v.num_classes for k, v in data_preprocessor.DATASETS.items()}
-    assert set(config_lib.MASK_MODES) == set(custom_layers.MASK_MODES) | {"none"}
-    assert config_lib.BATCH_NORM_MODES == resnet_networks.BATCH_NORM_MODES
-    assert config_lib.WEIGHT_PRESETS == tuple(weight_initializer.WEIGHT_PRESETS)
-    assert config_lib.MASK_PRESETS == tuple(weight_initializer.MASK_PRESETS)
-    assert config_lib.DISTRIBUTIONS == weight_initializer.DISTRIBUTIONS
-
-
 def test_overrides_and_cli_shortcuts(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(GOOD))
