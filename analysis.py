@@ -1,7 +1,7 @@
-"""Figures from results directories, and TensorBoard mask images during training.
+"""Figures from results directories.
 
     python analysis.py RESULTS_DIR [RESULTS_DIR ...] --out FIGDIR [--sample-npz FILE] [--sample-index I]
-                       [--sample-label 8] [--data-dir ../shared/data] [--run 0] [--formats png,pdf]
+                       [--sample-label 8] [--data-dir ~/datasets] [--run 0] [--formats png,pdf]
 
 A RESULTS_DIR is one config's directory `<name>-<hash>/` (holding run_000/, run_001/, ... as written by
 experiment_looper), a sweep root `<output_dir>/<name>/`, a whole `results/` tree, or a single run_xxx/ directory:
@@ -24,98 +24,53 @@ The numbers that are plotted come from pure functions (`aggregate_histories`, `f
 `layer_fractions`, `mean_layer_fractions`, `effective_mask_np`, `pixel_keep_counts`), separate from the
 plotting, so they can be tested.
 
-`MaskImageCallback(log_dir)` is a Keras callback that writes, at every epoch end, TensorBoard scalars of the
-remaining weights (global and per layer) and an image of every masked layer's effective mask (the kernel reshaped
-to 2-D: (kh*kw*c_in, c_out) for a conv, (n_in, n_out) for a dense layer; +1 blue, -1 red, 0 white).
+Runs are found and read with run_folder (which owns the layout of a results folder); TensorBoard images during
+training are model_trainer.MaskImageCallback's.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
 import re
 import sys
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
 
 import keras  # noqa: E402
 
 from custom_layers import mask_mode_from_name  # noqa: E402
+from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
+from run_folder import (  # noqa: E402
+    CONFIG,
+    HISTORY,
+    LAYERS,
+    MASKS,
+    METRICS,
+    find_results_dirs,
+    read_config_mapping,
+    read_json,
+    run_dirs,
+    summary_statistics,
+)
 
 log = logging.getLogger(__name__)
 
-RUN_PATTERN = re.compile(r"run_\d{3}")
-DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "data"
 FORMATS = ("png", "pdf")
 
-# Colours of the three mask states (RGB, 0-255): kept (+1), inverted (-1), hidden (0).
-KEPT_RGB = (33, 102, 172)
-INVERTED_RGB = (178, 24, 43)
-HIDDEN_RGB = (255, 255, 255)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Finding and reading results
 # --------------------------------------------------------------------------------------------------------------
-def find_results_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Every directory at or below `paths` that holds run_xxx/metrics.json (a run directory given directly
-    stands for its config directory), sorted and without duplicates."""
-    found: set[Path] = set()
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        if RUN_PATTERN.fullmatch(path.name) and (path / "metrics.json").is_file():
-            found.add(path.parent.resolve())
-            continue
-        for metrics in path.rglob("metrics.json"):
-            if RUN_PATTERN.fullmatch(metrics.parent.name):
-                found.add(metrics.parent.parent.resolve())
-    return sorted(found)
-
-
-def run_dirs(results_dir: str | os.PathLike, *, ok_only: bool = True) -> list[Path]:
-    """The finished run directories of one config (run_000, run_001, ...; .partial ones excluded), optionally
-    only those whose metrics.json says status ok."""
-    out = []
-    for path in sorted(Path(results_dir).glob("run_[0-9][0-9][0-9]")):
-        metrics = path / "metrics.json"
-        if not metrics.is_file():
-            continue
-        if ok_only:
-            try:
-                if json.loads(metrics.read_text()).get("status") != "ok":
-                    log.info("%s: not ok, ignored", path)
-                    continue
-            except ValueError:
-                log.warning("%s: unreadable metrics.json, ignored", path)
-                continue
-        out.append(path)
-    return out
-
-
-def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
-
-
-def read_config(path: str | os.PathLike) -> dict:
-    """A config.yaml as a plain mapping ({} when it is missing)."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
 @dataclasses.dataclass
 class ConfigResults:
     """One config's results: its directory, a label, its config mapping and its (ok) run directories."""
@@ -156,7 +111,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
         if not runs:
             log.warning("%s: no finished ok run, skipped", directory)
             continue
-        config = read_config(directory / "config.yaml") or read_config(runs[0] / "config.yaml")
+        config = read_config_mapping(directory / CONFIG) or read_config_mapping(runs[0] / CONFIG)
         results.append(ConfigResults(directory, _label(directory), config, runs))
     renames = (lambda r: f"{r.path.parent.name}/{_label(r.path)}", lambda r: f"{r.path.parent.name}/{r.path.name}")
     for attempt in renames:
@@ -175,7 +130,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
 def _history(run) -> list[dict]:
     if isinstance(run, (str, os.PathLike)):
         path = Path(run)
-        return read_json(path / "history.json" if path.is_dir() else path)
+        return read_json(path / HISTORY if path.is_dir() else path)
     return list(run)
 
 
@@ -210,20 +165,14 @@ def aggregate_histories(runs: Sequence, keys: Sequence[str] = ("test_accuracy", 
 
 
 def final_statistics(runs: Sequence) -> dict:
-    """Mean and std (ddof 1, 0 for one run) over runs of the final test accuracy (in %) and remaining weights %.
+    """run_folder.summary_statistics over runs of the final test accuracy (in %) and remaining weights %.
 
     runs: run directories (metrics.json is read) or metrics dicts.
     """
-    metrics = [read_json(Path(r) / "metrics.json") if isinstance(r, (str, os.PathLike)) else r for r in runs]
-    acc = np.array([100.0 * float(m["test_accuracy"]) for m in metrics if m.get("test_accuracy") is not None])
-    rem = np.array([float(m["remaining_percent"]) for m in metrics if m.get("remaining_percent") is not None])
-
-    def stats(a):
-        if a.size == 0:
-            return {"mean": math.nan, "std": math.nan, "n": 0}
-        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "n": int(a.size)}
-
-    return {"test_accuracy_percent": stats(acc), "remaining_percent": stats(rem)}
+    metrics = [read_json(Path(r) / METRICS) if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    return {"test_accuracy_percent": summary_statistics(100.0 * float(m["test_accuracy"]) for m in metrics
+                                                        if m.get("test_accuracy") is not None),
+            "remaining_percent": summary_statistics(m.get("remaining_percent") for m in metrics)}
 
 
 def layer_fractions(layers_json) -> dict[str, dict[str, float]]:
@@ -241,7 +190,7 @@ def layer_fractions(layers_json) -> dict[str, dict[str, float]]:
 def mean_layer_fractions(runs: Sequence) -> dict[str, dict[str, float]]:
     """layer_fractions averaged over runs (run directories with layers.json, or layers.json mappings); a layer
     missing from some run is averaged over the runs that have it."""
-    per_run = [layer_fractions(Path(r) / "layers.json" if isinstance(r, (str, os.PathLike)) else r) for r in runs]
+    per_run = [layer_fractions(Path(r) / LAYERS if isinstance(r, (str, os.PathLike)) else r) for r in runs]
     names: list[str] = []
     for fractions in per_run:
         names += [n for n in fractions if n not in names]
@@ -278,13 +227,13 @@ def run_masks(run_dir: str | os.PathLike, config: dict | None = None) -> dict[st
     """{layer: effective mask} of a run, recomputed from masks.npz ('<layer>/mask', '<layer>/threshold') with the
     mask mode of the run's config.yaml, in file (= build) order."""
     run_dir = Path(run_dir)
-    config = config if config is not None else read_config(run_dir / "config.yaml")
+    config = config if config is not None else read_config_mapping(run_dir / CONFIG)
     model = config.get("model") or {}
     mode = str(model.get("mask_mode", "signed"))
     if mode == "none":
         return {}
     out = {}
-    with np.load(run_dir / "masks.npz", allow_pickle=False) as data:
+    with np.load(run_dir / MASKS, allow_pickle=False) as data:
         for key in data.files:
             if not key.endswith("/mask"):
                 continue
@@ -336,11 +285,10 @@ def sample_digit(sample_npz: str | os.PathLike | None = None, index: int = 0,
         image = np.asarray(image, np.float32)
         source = f"{Path(sample_npz).name} x_test[{i}]"
     else:
-        data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-        if (data_dir / "mnist.npz").is_file():
+        if data_dir is not None and (Path(data_dir).expanduser() / "mnist.npz").is_file():
             from data_preprocessor import load_arrays
 
-            _, _, x_test, y_test = load_arrays("mnist", "local", str(data_dir))
+            _, _, x_test, y_test = load_arrays("mnist", "local", str(Path(data_dir).expanduser()))
             image, i = _pick(x_test, y_test, index, label)
             image = np.asarray(image, np.float32)
             source = f"MNIST test image {i}"
@@ -349,26 +297,6 @@ def sample_digit(sample_npz: str | os.PathLike | None = None, index: int = 0,
     image = image.reshape(28, 28)
     lo, hi = float(image.min()), float(image.max())
     return ((image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)), source
-
-
-def mask_to_2d(mask: np.ndarray) -> np.ndarray:
-    """A kernel-shaped mask as 2-D (inputs x outputs): (n_in, n_out) stays, (kh, kw, c_in, c_out) ->
-    (kh*kw*c_in, c_out)."""
-    mask = np.asarray(mask)
-    if mask.ndim < 2:
-        return mask.reshape(1, -1)
-    return mask.reshape(-1, mask.shape[-1])
-
-
-def mask_image(mask: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image (rows = inputs, columns = outputs) of an effective mask: +1 KEPT_RGB (blue), -1
-    INVERTED_RGB (red), 0 HIDDEN_RGB (white)."""
-    mask = mask_to_2d(mask)
-    image = np.empty(mask.shape + (3,), np.uint8)
-    image[...] = HIDDEN_RGB
-    image[mask > 0] = KEPT_RGB
-    image[mask < 0] = INVERTED_RGB
-    return image
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -461,7 +389,7 @@ def plot_layer_fractions(results: Sequence[ConfigResults], out_dir: Path, format
     plt = _pyplot()
     panels = []
     for r in results:
-        runs = [run for run in r.runs if (run / "layers.json").is_file()]
+        runs = [run for run in r.runs if (run / LAYERS).is_file()]
         if runs:
             panels.append((r, mean_layer_fractions(runs)))
     if not panels:
@@ -567,115 +495,6 @@ def make_figures(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
 
 
 # --------------------------------------------------------------------------------------------------------------
-# TensorBoard
-# --------------------------------------------------------------------------------------------------------------
-def _summary_metadata(plugin: str, data_class: str):
-    from tensorflow.core.framework import summary_pb2
-
-    metadata = summary_pb2.SummaryMetadata()
-    metadata.plugin_data.plugin_name = plugin
-    metadata.data_class = getattr(summary_pb2, data_class)
-    return metadata
-
-
-def write_scalar_summary(tag: str, value: float, step: int) -> None:
-    """A TensorBoard scalar (plugin 'scalars', float32 rank-0 tensor) into the default tf.summary writer.
-
-    Written with the core `tf.summary.write`, so it works without the tensorboard package (tf.summary.scalar
-    needs it; it is not installed with tensorflow-cpu here)."""
-    import tensorflow as tf
-
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                     metadata=_summary_metadata("scalars", "DATA_CLASS_SCALAR"))
-
-
-def write_image_summary(tag: str, image: np.ndarray, step: int) -> None:
-    """A TensorBoard image (plugin 'images': the string tensor [width, height, png]) of a uint8 (H, W, C) array
-    into the default tf.summary writer; works without the tensorboard package."""
-    import tensorflow as tf
-
-    image = np.asarray(image, np.uint8)
-    png = tf.io.encode_png(tf.constant(image if image.ndim == 3 else image[..., None]))
-    tensor = tf.stack([tf.as_string(image.shape[1]), tf.as_string(image.shape[0]), png])
-    tf.summary.write(tag, tensor, step=step, metadata=_summary_metadata("images", "DATA_CLASS_BLOB_SEQUENCE"))
-
-
-class MaskImageCallback(keras.callbacks.Callback):
-    """At every epoch end: TensorBoard scalars of the remaining weights and images of the effective masks.
-
-    Written with tf.summary into `log_dir/<subdir>` (default `log_dir/masks`, next to the train/ and validation/
-    runs of keras.callbacks.TensorBoard), at step = epoch (0-based, as the stock callback):
-
-        remaining/global          remaining weights % (the epoch logs' remaining_percent when the trainer put it
-                                  there, else custom_layers.mask_statistics)
-        remaining/<layer>         the layer's remaining weights %
-        inverted/<layer>          the layer's inverted weights % (of its size)
-        masks/<layer>             image of the layer's effective mask (mask_image: rows inputs, columns outputs;
-                                  +1 blue, -1 red, 0 white), every `image_every` epochs
-
-    With log_metrics=True it also writes every numeric entry of the epoch logs as `epoch/<key>` (loss, accuracy,
-    test_accuracy, learning_rate, ... as the recorder of model_trainer puts them there): a stand-in for
-    keras.callbacks.TensorBoard where the tensorboard package, which that callback needs, is not installed.
-
-    A model without masked layers writes only those metrics (or nothing). Needs no tensorboard package (see
-    write_scalar_summary).
-    """
-
-    def __init__(self, log_dir, *, subdir: str | None = "masks", image_every: int = 1, log_metrics: bool = False):
-        super().__init__()
-        self.log_dir = Path(log_dir) / subdir if subdir else Path(log_dir)
-        self.image_every = max(1, int(image_every))
-        self.log_metrics = bool(log_metrics)
-        self._writer = None
-
-    def _get_writer(self):
-        import tensorflow as tf
-
-        if self._writer is None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = tf.summary.create_file_writer(str(self.log_dir))
-        return self._writer
-
-    def on_epoch_end(self, epoch, logs=None):
-        from custom_layers import mask_statistics, masked_layers
-
-        layers = masked_layers(self.model)
-        logs = logs or {}
-        step = int(epoch)
-        if self.log_metrics:
-            with self._get_writer().as_default():
-                for key, value in logs.items():
-                    try:
-                        number = float(np.asarray(value))
-                    except (TypeError, ValueError):
-                        continue
-                    if math.isfinite(number):
-                        write_scalar_summary(f"epoch/{key}", number, step)
-        if not layers:
-            if self._writer is not None:
-                self._writer.flush()
-            return
-        stats = mask_statistics(self.model)
-        remaining = logs.get("remaining_percent", stats["remaining_percent"])
-        writer = self._get_writer()
-        with writer.as_default():
-            write_scalar_summary("remaining/global", float(np.asarray(remaining)), step)
-            for name, counts in stats["layers"].items():
-                write_scalar_summary(f"remaining/{name}", counts["remaining_percent"], step)
-                write_scalar_summary(f"inverted/{name}", 100.0 * counts["inverted"] / max(1, counts["total"]), step)
-            if step % self.image_every == 0:
-                for layer in layers:
-                    mask = keras.ops.convert_to_numpy(layer.effective_mask())
-                    write_image_summary(f"masks/{layer.name}", mask_image(mask), step)
-        writer.flush()
-
-    def on_train_end(self, logs=None):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-# --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
@@ -687,7 +506,8 @@ def parse_args(argv=None):
     p.add_argument("--sample-index", type=int, default=0, help="index of the sample in x_test (default 0)")
     p.add_argument("--sample-label", type=int, help="take the sample among the test images of this digit (the "
                                                     "paper shows an 8); --sample-index counts within them")
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="directory of mnist.npz for the sample")
+    p.add_argument("--data-dir", help="directory of mnist.npz: the Figure 1 sample is a real digit (default: a "
+                                      "drawn one)")
     p.add_argument("--run", type=int, default=0, help="which ok run (0 = first) Figure 1 shows")
     p.add_argument("--formats", default="png,pdf", help="comma-separated figure formats (default png,pdf)")
     return p.parse_args(argv)

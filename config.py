@@ -1,12 +1,15 @@
 """The experiment config: a typed schema, validated once, up front, before any data is loaded or model is built.
 
 A config is YAML with four sections (experiment keys at the top, then `data`, `model`, `training`) and an optional
-`sweep`. Types and defaults come from the dataclasses below; allowed values, ranges and the help text of every
-key come from one table, `RULES`, which also generates the reference in configs/README.md
-(`python config.py --reference`).
+`sweep`. Every key is a dataclass field declared with `hparams.rule` (default, help, allowed values, bounds); the
+optimiser, schedule and initialisation sections *are* the library's specs (`hparams.OptimizerSpec`,
+`ScheduleSpec`, `InitSpec`), so a bound is written once and the reference in configs/README.md is generated from
+the same fields (`python config.py --reference`).
 
 Every problem is a `ConfigError` whose one-line message names the key and the fix; `load_config` collects all
 of them (so a user sees every mistake at once). The CLI turns them into exit code 2 without a traceback.
+
+This module imports no TensorFlow (nor anything that does): a mistyped key is refused at the speed of Python.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import hashlib
 import itertools
-import json
 import os
 import typing
 from pathlib import Path
@@ -25,22 +26,13 @@ from typing import Any, Optional, Union
 import yaml
 
 import architectures
-import custom_layers
 import data_preprocessor
-import weight_initializer
-from model_trainer import OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec
-from resnet_networks import BATCH_NORM_MODES
+import hparams
+from hparams import InitSpec, OptimizerSpec, ScheduleSpec, rule
+from paper_results import PAPER_RESULTS
 
-# Allowed names come from the modules that define them, so the schema cannot drift from the code.
-ARCHITECTURES = tuple(architectures.ARCHITECTURES)
-ARCHITECTURE_DATASETS = {name: arch.datasets for name, arch in architectures.ARCHITECTURES.items()}
-DATASETS = {name: info.num_classes for name, info in data_preprocessor.DATASETS.items()}
-SOURCES = data_preprocessor.SOURCES
-MASK_MODES = tuple(custom_layers.MASK_MODES) + ("none",)  # none = the dense baseline
-WEIGHT_PRESETS = tuple(weight_initializer.WEIGHT_PRESETS)
-MASK_PRESETS = tuple(weight_initializer.MASK_PRESETS)
-DISTRIBUTIONS = weight_initializer.DISTRIBUTIONS
-SCALINGS = weight_initializer.SCALINGS
+DATASET_CLASSES = {name: info.num_classes for name, info in data_preprocessor.DATASETS.items()}
+BASELINE_MODE = "none"  # mask_mode of the dense, trainable baseline
 PRECISIONS = ("mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("mirrored", "multi_worker")
 
@@ -66,190 +58,118 @@ class ConfigErrors(ValueError):
 # Schema
 # --------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class InitConfig:
-    distribution: str = "signed_constant"
-    scaling: str = "elus"
-    factor: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "mnist"
-    source: str = "tfds"
-    data_dir: Optional[str] = None
-    batch_size: int = 128
-    augment: Optional[bool] = None
-    shuffle: bool = True
-    synthetic_train: int = 2048
-    synthetic_test: int = 512
+    dataset: str = rule("mnist", help="Dataset.", choices=tuple(data_preprocessor.DATASETS))
+    source: str = rule("tfds", help="tfds (downloads on first use), local (the standard archives in data_dir, no "
+                                    "network) or synthetic (small learnable data of the real shapes, for tests and "
+                                    "smoke runs).", choices=data_preprocessor.SOURCES)
+    data_dir: Optional[str] = rule(None, help="Directory of mnist.npz / cifar-10-python.tar.gz / "
+                                              "cifar-100-python.tar.gz for the local source (tfds: its data_dir).")
+    batch_size: int = rule(128, help="Global batch size (over all devices).", lo=1)
+    augment: Optional[bool] = rule(None, help="Pad-4 random crop + flip on the training set; null = on for "
+                                              "CIFAR-100 only.")
+    shuffle: bool = rule(True, help="Reshuffle the training set every epoch (the order is a function of seed and "
+                                    "epoch); false keeps the file order (the authors' MNIST pipeline).")
+    synthetic_train: int = rule(2048, help="Training examples of the synthetic source.", lo=1)
+    synthetic_test: int = rule(512, help="Test examples of the synthetic source.", lo=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    architecture: str = "fcn"
-    mask_mode: str = "signed"
-    threshold_fraction: float = 0.4
-    topk_fraction: float = 0.5
-    weight_init: Union[str, InitConfig, None] = None
-    mask_init: Union[str, InitConfig] = "xavier_uniform"
-    width: float = 1.0
-    num_classes: Optional[int] = None
-    batch_norm: str = "learned"
-    stem_batch_norm: Optional[str] = None
-    dropout: float = 0.0
-    weights_file: Optional[str] = None
-    masks_file: Optional[str] = None
+    architecture: str = rule("fcn", help="Network.", choices=tuple(architectures.ARCHITECTURES))
+    mask_mode: str = rule("signed", help="signed (keep/hide/invert, the paper), binary (keep/hide, Zhou et al.), "
+                                         "topk (edge-popup, Ramanujan et al.) or none (the dense, trainable "
+                                         "baseline).", choices=hparams.MASK_MODES + (BASELINE_MODE,))
+    threshold_fraction: float = rule(0.4, help="p in tau = p * max|m_init| (per layer, fixed).", gt=0.0, lt=1.0)
+    topk_fraction: float = rule(0.5, help="k of the topk mode: fraction of weights kept per layer.", gt=0.0, hi=1.0)
+    weight_init: Union[str, InitSpec, None] = rule(
+        None, help="Frozen weights (Supermask) or initial weights (baseline): a preset or {distribution, scaling, "
+                   "factor}; null = elus for a Supermask, elu_uniform for a baseline.",
+        choices=tuple(hparams.WEIGHT_PRESETS))
+    mask_init: Union[str, InitSpec] = rule("xavier_uniform", help="Initial real-valued masks: a preset or "
+                                                                  "{distribution, scaling, factor}.",
+                                           choices=tuple(hparams.MASK_PRESETS))
+    width: float = rule(1.0, help="Width multiplier (Conv: every layer; ResNet: an integer, 16w/32w/64w filters).",
+                        gt=0.0)
+    num_classes: Optional[int] = rule(None, help="Output classes; null = the dataset's.", lo=1)
+    batch_norm: str = rule("learned", help="ResNet BN: learned, none, or frozen (the authors' inference-mode BN).",
+                           choices=hparams.BATCH_NORM_MODES)
+    stem_batch_norm: Optional[str] = rule(None, help="ResNet stem BN mode; null = batch_norm.",
+                                          choices=hparams.BATCH_NORM_MODES)
+    dropout: float = rule(0.0, help="Dropout rate after hidden FC layers (the paper: 0).", lo=0.0, lt=1.0)
+    weights_file: Optional[str] = rule(None, help="npz from init_example.py with the frozen kernels; '{run}' is "
+                                                  "replaced by the run index (e.g. inits/fcn/run_{run}.npz).")
+    masks_file: Optional[str] = rule(None, help="npz from init_example.py with the initial masks ('{run}' as "
+                                                "above); tau is recomputed from the loaded masks.")
+
+    @property
+    def masked(self) -> bool:
+        return self.mask_mode != BASELINE_MODE
+
+    @property
+    def resolved_weight_init(self) -> Union[str, InitSpec]:
+        """weight_init, or the default of the mask mode (elus for a Supermask, elu_uniform for a baseline)."""
+        return self.weight_init if self.weight_init is not None else hparams.DEFAULT_WEIGHT_INIT[self.masked]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 100
-    optimizer: OptimizerSpec = OptimizerSpec()
-    schedule: ScheduleSpec = ScheduleSpec()
-    jit_compile: bool = False
-    mixed_precision: Optional[str] = None
-    distribute: Optional[str] = None
-    deterministic: bool = True
-    tensorboard: bool = False
-    verbose: int = 1
+    epochs: int = rule(100, help="Epochs.", lo=1)
+    optimizer: OptimizerSpec = rule(OptimizerSpec(), help="The optimiser (hparams.OptimizerSpec).")
+    schedule: ScheduleSpec = rule(ScheduleSpec(), help="The learning-rate schedule (hparams.ScheduleSpec).")
+    jit_compile: bool = rule(False, help="Compile the train step with XLA.")
+    mixed_precision: Optional[str] = rule(None, help="null, mixed_float16 or mixed_bfloat16 (variables stay "
+                                                     "float32).", choices=PRECISIONS)
+    distribute: Optional[str] = rule(None, help="null, mirrored (all local devices) or multi_worker (TF_CONFIG).",
+                                     choices=STRATEGIES)
+    deterministic: bool = rule(True, help="TF op determinism (for the whole process): same config + seed gives "
+                                          "identical results. Keras disables XLA under it, so jit_compile needs "
+                                          "false here.")
+    checkpoint_every: int = rule(1, help="Write the run's checkpoint (masks, optimizer, schedule, history) every N "
+                                         "epochs, so that a killed run resumes there; 0 = never. Removed when the "
+                                         "run ends.", lo=0)
+    tensorboard: bool = rule(False, help="Write TensorBoard scalars and mask images into the run directory.")
+    verbose: int = rule(1, help="0 silent, 1 one line per epoch, 2 and Keras' progress bar.", lo=0, hi=2)
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    grid: dict[str, list] = dataclasses.field(default_factory=dict)
-    zip: dict[str, list] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list] = rule(help="Dotted key -> list of values; all combinations.", default_factory=dict)
+    zip: dict[str, list] = rule(help="Dotted key -> list of values; the i-th values go together.",
+                                default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "experiment"
-    paper: Optional[str] = None
-    runs: int = 1
-    base_seed: int = 7531
-    output_dir: str = "results"
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    sweep: Optional[SweepConfig] = None
+    name: str = rule("experiment", help="Experiment name; the results directory is named from it and a hash of the "
+                                        "settings that differ from the defaults.")
+    paper: Optional[str] = rule(None, help="Row of the paper's results table to compare with (fcn, conv2, ..., "
+                                           "resnet110, or *_baseline).", choices=tuple(PAPER_RESULTS))
+    runs: int = rule(1, help="Number of runs; run i uses seed base_seed + i (seeds are replicates).", lo=1)
+    base_seed: int = rule(7531, help="Seed of run 0 (the authors used 7531).", lo=0)
+    output_dir: str = rule("results", help="Root of the results directories.")
+    data: DataConfig = rule(DataConfig(), help="Data section.")
+    model: ModelConfig = rule(ModelConfig(), help="Model section.")
+    training: TrainingConfig = rule(TrainingConfig(), help="Training section.")
+    sweep: Optional[SweepConfig] = rule(None, help="Optional: run every combination of `grid` (key -> list, "
+                                                   "cartesian product) and `zip` (keys -> lists of equal length, "
+                                                   "paired) into its own results directory.")
 
     @property
     def num_classes(self) -> int:
-        return self.model.num_classes or DATASETS[self.data.dataset]
+        return self.model.num_classes or DATASET_CLASSES[self.data.dataset]
 
     def seeds(self) -> list[int]:
         return [self.base_seed + i for i in range(self.runs)]
 
 
-# Rule fields: help, choices, lo / hi (inclusive bounds), gt / lt (exclusive bounds).
-RULES: dict[str, dict[str, Any]] = {
-    "name": {"help": "Experiment name; the results directory is named from it and a hash of the config."},
-    "paper": {"help": "Row of the paper's results table to compare with (fcn, conv2, ..., resnet110, or *_baseline).",
-              "choices": None},  # filled below from paper_results
-    "runs": {"help": "Number of runs; run i uses seed base_seed + i (seeds are replicates).", "lo": 1},
-    "base_seed": {"help": "Seed of run 0 (the authors used 7531).", "lo": 0},
-    "output_dir": {"help": "Root of the results directories."},
-    "data.dataset": {"help": "Dataset.", "choices": tuple(DATASETS)},
-    "data.source": {"help": "tfds (download), local (archives in data_dir, no network) or synthetic (tiny random "
-                            "data of the real shapes, for tests and smoke runs).", "choices": SOURCES},
-    "data.data_dir": {"help": "Directory of mnist.npz / cifar-10-python.tar.gz / cifar-100-python.tar.gz for the "
-                              "local source (tfds: its data_dir)."},
-    "data.batch_size": {"help": "Global batch size (over all devices).", "lo": 1},
-    "data.augment": {"help": "Pad-4 random crop + flip on the training set; null = on for CIFAR-100 only."},
-    "data.shuffle": {"help": "Reshuffle the training set every epoch; false keeps the file order (the authors' "
-                             "MNIST pipeline)."},
-    "data.synthetic_train": {"help": "Training examples of the synthetic source.", "lo": 1},
-    "data.synthetic_test": {"help": "Test examples of the synthetic source.", "lo": 1},
-    "model.architecture": {"help": "Network.", "choices": ARCHITECTURES},
-    "model.mask_mode": {"help": "signed (keep/hide/invert, the paper), binary (keep/hide, Zhou et al.), topk "
-                                "(edge-popup, Ramanujan et al.) or none (the dense, trainable baseline).",
-                        "choices": MASK_MODES},
-    "model.threshold_fraction": {"help": "p in tau = p * max|m_init| (per layer, fixed).", "gt": 0.0, "lt": 1.0},
-    "model.topk_fraction": {"help": "k of the topk mode: fraction of weights kept per layer.", "gt": 0.0, "lo": 0.0,
-                            "hi": 1.0},
-    "model.weight_init": {"help": "Frozen weights (Supermask) or initial weights (baseline): a preset or "
-                                  "{distribution, scaling, factor}; null = elus for a Supermask, elu_uniform "
-                                  "for a baseline.", "choices": WEIGHT_PRESETS},
-    "model.weight_init.distribution": {"help": "Distribution.", "choices": DISTRIBUTIONS},
-    "model.weight_init.scaling": {"help": "Variance: he 2/n_in, xavier 2/(n_in+n_out), elu 1.5/n_in, elus 3/n_in.",
-                                  "choices": SCALINGS},
-    "model.weight_init.factor": {"help": "Multiplies the variance.", "gt": 0.0},
-    "model.mask_init": {"help": "Initial real-valued masks: a preset or {distribution, scaling, factor}.",
-                        "choices": MASK_PRESETS},
-    "model.mask_init.distribution": {"help": "Distribution.", "choices": DISTRIBUTIONS},
-    "model.mask_init.scaling": {"help": "Variance scaling.", "choices": SCALINGS},
-    "model.mask_init.factor": {"help": "Multiplies the variance.", "gt": 0.0},
-    "model.width": {"help": "Width multiplier (Conv: every layer; ResNet: an integer, 16w/32w/64w filters).",
-                    "gt": 0.0},
-    "model.num_classes": {"help": "Output classes; null = the dataset's.", "lo": 1},
-    "model.batch_norm": {"help": "ResNet BN: learned, none, or frozen (the authors' inference-mode BN).",
-                         "choices": BATCH_NORM_MODES},
-    "model.stem_batch_norm": {"help": "ResNet stem BN mode; null = batch_norm.", "choices": BATCH_NORM_MODES},
-    "model.dropout": {"help": "Dropout rate after hidden FC layers (the paper: 0).", "lo": 0.0, "lt": 1.0},
-    "model.weights_file": {"help": "npz from init_example.py with the frozen kernels; '{run}' is replaced by the "
-                                   "run index (e.g. inits/fcn/run_{run}.npz)."},
-    "model.masks_file": {"help": "npz from init_example.py with the initial masks ('{run}' as above); tau is "
-                                 "recomputed from the loaded masks."},
-    "training.epochs": {"help": "Epochs.", "lo": 1},
-    "training.optimizer.name": {"help": "sgdw = SGD + Nesterov momentum + decoupled weight decay (the authors'); "
-                                        "sgd, adam, adamw, rmsprop.", "choices": OPTIMIZERS},
-    "training.optimizer.learning_rate": {"help": "Initial learning rate lr0.", "gt": 0.0},
-    "training.optimizer.momentum": {"help": "Momentum (sgd, sgdw, rmsprop).", "lo": 0.0, "lt": 1.0},
-    "training.optimizer.nesterov": {"help": "Nesterov momentum (sgd, sgdw)."},
-    "training.optimizer.weight_decay": {"help": "Decoupled decay per step at lr0 (var -= wd_t * var, wd_t follows "
-                                                "the lr schedule); sgdw and adamw.", "lo": 0.0},
-    "training.schedule.name": {"help": "exponential_decay, cosine_decay, plateau (paper's ResNet schedule on the "
-                                       "training loss) or constant.", "choices": SCHEDULES},
-    "training.schedule.decay_epochs": {"help": "exponential: lr0 * rate^(epoch / decay_epochs).", "gt": 0.0},
-    "training.schedule.decay_rate": {"help": "exponential: decay factor per decay_epochs.", "gt": 0.0, "hi": 1.0},
-    "training.schedule.staircase": {"help": "exponential: decay in steps instead of continuously."},
-    "training.schedule.alpha": {"help": "cosine: final lr as a fraction of lr0.", "lo": 0.0, "hi": 1.0},
-    "training.schedule.patience": {"help": "plateau: non-improving epochs before reductions start.", "lo": 3},
-    "training.schedule.factor": {"help": "plateau: lr (and wd) multiplier per reduction.", "gt": 0.0, "lt": 1.0},
-    "training.schedule.cooldown": {"help": "plateau: epochs without reduction after one.", "lo": 0},
-    "training.schedule.start_epoch": {"help": "plateau: complete epochs before the first check (the authors: 10).",
-                                      "lo": 0},
-    "training.schedule.max_reductions": {"help": "plateau: training stops after this many reductions.", "lo": 1},
-    "training.schedule.min_delta": {"help": "plateau: improvement below this does not count.", "lo": 0.0},
-    "training.jit_compile": {"help": "Compile the train step with XLA."},
-    "training.mixed_precision": {"help": "null, mixed_float16 or mixed_bfloat16 (variables stay float32).",
-                                 "choices": PRECISIONS},
-    "training.distribute": {"help": "null, mirrored (all local devices) or multi_worker (TF_CONFIG).",
-                            "choices": STRATEGIES},
-    "training.deterministic": {"help": "TF op determinism (for the whole process): same config + seed gives identical "
-                                       "results. Keras disables XLA under it, so jit_compile needs false here."},
-    "training.tensorboard": {"help": "Write TensorBoard scalars and mask images into the run directory."},
-    "training.verbose": {"help": "0 silent, 1 one line per epoch.", "lo": 0, "hi": 2},
-    "sweep": {"help": "Optional: run every combination of `grid` (key -> list, cartesian product) and `zip` (keys "
-                      "-> lists of equal length, paired) into its own results directory."},
-    "sweep.grid": {"help": "Dotted key -> list of values; all combinations."},
-    "sweep.zip": {"help": "Dotted key -> list of values; the i-th values go together."},
-}
-
-
-def _fill_paper_choices():
-    from paper_results import PAPER_RESULTS
-
-    RULES["paper"]["choices"] = tuple(PAPER_RESULTS)
-
-
-_fill_paper_choices()
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------------------
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
 # Common abbreviations that difflib cannot match by spelling.
 _ALIASES = {"lr": "learning_rate", "wd": "weight_decay", "seed": "base_seed", "bs": "batch_size",
-            "arch": "architecture", "p": "threshold_fraction", "tau": "threshold_fraction", "n_runs": "runs"}
+            "arch": "architecture", "p": "threshold_fraction", "tau": "threshold_fraction", "n_runs": "runs",
+            **hparams.RENAMED_PRESETS}
 
 
 def _did_you_mean(key: str, options) -> str:
@@ -259,37 +179,27 @@ def _did_you_mean(key: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_rules(path: str, value, errors: list[ConfigError]) -> None:
-    rule = RULES.get(path, {})
-    choices = rule.get("choices")
-    if choices is not None and isinstance(value, str) and value not in choices:
-        errors.append(ConfigError(path, f"unknown value {value!r}{_did_you_mean(value, choices)}; allowed: "
-                                        f"{', '.join(choices)}"))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bounds = [("lo", lambda v, b: v >= b, ">="), ("hi", lambda v, b: v <= b, "<="),
-                  ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")]
-        for name, ok, symbol in bounds:
-            if name in rule and not ok(value, rule[name]):
-                errors.append(ConfigError(path, f"{value} is out of range: must be {symbol} {rule[name]}"))
+def _check_value(path: str, field: dataclasses.Field, value, errors: list[ConfigError]) -> None:
+    for problem in hparams.value_problems(field, value):
+        if problem.startswith("unknown value"):
+            problem = problem.replace("; allowed", f"{_did_you_mean(value, field.metadata['choices'])}; allowed", 1)
+        errors.append(ConfigError(path, problem))
 
 
-def _convert(path: str, tp, value, errors: list[ConfigError]):
-    """Check `value` against type `tp`; return the typed value (dataclasses built) or None after an error."""
+def _convert(path: str, field: dataclasses.Field, tp, value, errors: list[ConfigError]):
+    """Check `value` against type `tp` (and the field's rule); return the typed value (dataclasses built) or None
+    after an error."""
     origin = typing.get_origin(tp)
     if origin is Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            if type(None) in typing.get_args(tp):
-                return None
-        for arg in args:  # first the arms whose shape fits
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in args:  # the first arm whose shape fits
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return _build(path, arg, value, errors)
-            if arg in (str,) and isinstance(value, str):
-                _check_rules(path, value, errors)
-                return value
-            if arg in (int, float, bool) and _scalar_fits(arg, value):
-                return _convert(path, arg, value, errors)
-        errors.append(ConfigError(path, f"expected {_type_name(tp)}, got {value!r}"))
+            if arg in (int, float, bool, str) and hparams.scalar_fits(arg, value):
+                return _convert(path, field, arg, value, errors)
+        errors.append(ConfigError(path, f"expected {hparams.describe_type(tp)}, got {value!r}"))
         return None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -302,68 +212,58 @@ def _convert(path: str, tp, value, errors: list[ConfigError]):
             return None
         return {str(k): v for k, v in value.items()}
     if tp in (int, float, bool, str):
-        if not _scalar_fits(tp, value):
-            errors.append(ConfigError(path, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"))
+        if not hparams.scalar_fits(tp, value):
+            errors.append(ConfigError(path, f"expected {hparams.describe_type(tp)}, got {value!r} "
+                                            f"({type(value).__name__})"))
             return None
         value = float(value) if tp is float else value
-        _check_rules(path, value, errors)
+        _check_value(path, field, value, errors)
         return value
     raise TypeError(f"schema type {tp} of {path} is not supported")
 
 
-def _scalar_fits(tp, value) -> bool:
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
 def _build(prefix: str, cls, raw: dict, errors: list[ConfigError]):
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    before = len(errors)
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            errors.append(ConfigError(path, f"unknown key{_did_you_mean(str(key), names)}; allowed keys here: "
-                                            f"{', '.join(names)}"))
+        if key not in fields:
+            errors.append(ConfigError(path, f"unknown key{_did_you_mean(str(key), fields)}; allowed keys here: "
+                                            f"{', '.join(fields)}"))
             continue
-        kwargs[key] = _convert(path, hints[key], value, errors)
-    if any(v is None and not _optional(hints[k]) for k, v in kwargs.items()):
+        kwargs[key] = _convert(path, fields[key], hints[key], value, errors)
+    if len(errors) > before:
         return None
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # a spec's own __post_init__ check
-        errors.append(ConfigError(prefix, str(exc)))
+    except (TypeError, ValueError) as exc:  # a spec's own check (kept as a safety net: the rules ran above)
+        key = f"{prefix}.{exc.field}" if isinstance(exc, hparams.SpecError) and prefix else prefix
+        errors.append(ConfigError(key, str(exc).split(": ", 1)[-1]))
         return None
-
-
-def _optional(tp) -> bool:
-    return typing.get_origin(tp) is Union and type(None) in typing.get_args(tp)
 
 
 def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigError]) -> None:
     """Checks between keys: architecture vs dataset, classes, files, sweeps."""
     arch, dataset = cfg.model.architecture, cfg.data.dataset
-    if dataset not in ARCHITECTURE_DATASETS[arch]:
+    datasets = architectures.ARCHITECTURES[arch].datasets
+    if dataset not in datasets:
         errors.append(ConfigError("model.architecture", f"{arch} does not fit dataset {dataset}; {arch} is for "
-                                                        f"{', '.join(ARCHITECTURE_DATASETS[arch])}"))
-    if cfg.model.num_classes is not None and cfg.model.num_classes != DATASETS[dataset]:
+                                                        f"{', '.join(datasets)}"))
+    classes = DATASET_CLASSES[dataset]
+    if cfg.model.num_classes is not None and cfg.model.num_classes != classes:
         errors.append(ConfigError("model.num_classes", f"{cfg.model.num_classes} classes do not fit {dataset}, "
-                                                       f"which has {DATASETS[dataset]}; set it to "
-                                                       f"{DATASETS[dataset]} or null"))
+                                                       f"which has {classes}; set it to {classes} or null"))
     if arch.startswith("resnet") and float(cfg.model.width) != int(cfg.model.width):
         errors.append(ConfigError("model.width", f"ResNet widths are integers, got {cfg.model.width}"))
     if cfg.data.augment and dataset == "mnist":
         errors.append(ConfigError("data.augment", "augmentation (crop and flip) is for CIFAR; use false or null"))
     if cfg.data.source == "local" and not cfg.data.data_dir:
-        errors.append(ConfigError("data.data_dir", "the local source needs data_dir (e.g. ../shared/data)"))
-    elif cfg.data.source == "local" and not Path(cfg.data.data_dir).is_dir():
+        errors.append(ConfigError("data.data_dir", "the local source needs data_dir (e.g. ~/datasets)"))
+    elif cfg.data.source == "local" and not Path(cfg.data.data_dir).expanduser().is_dir():
         errors.append(ConfigError("data.data_dir", f"directory {cfg.data.data_dir} does not exist"))
-    if cfg.model.mask_mode == "none" and cfg.model.masks_file:
+    if not cfg.model.masked and cfg.model.masks_file:
         errors.append(ConfigError("model.masks_file", "a baseline (mask_mode: none) has no masks; remove the key"))
     for key in ("weights_file", "masks_file"):
         pattern = getattr(cfg.model, key)
@@ -383,7 +283,8 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
 
 
 def resolve_run_file(pattern: str, run: int, base_dir: Path | None = None) -> Path:
-    path = Path(pattern.replace("{run}", f"{run:03d}"))
+    """The init file of run `run`: '{run}' in `pattern` becomes the 3-digit run index."""
+    path = Path(pattern.replace("{run}", f"{run:03d}")).expanduser()
     return path if path.is_absolute() or base_dir is None else (base_dir / path)
 
 
@@ -398,7 +299,7 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
         _cross_checks(cfg, Path(base_dir), errors)
     if cfg is not None and cfg.sweep is not None and not errors:
         for combo in expand_sweep(cfg.sweep, errors):
-            child = apply_overrides(strip_sweep(raw), combo, errors)
+            child = apply_overrides(strip_sweep(raw), combo)
             sub_errors: list[ConfigError] = []
             sub = _build("", ExperimentConfig, child, sub_errors)
             if sub is not None and not sub_errors:
@@ -411,18 +312,51 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
     return cfg
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the later one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {first + 1} and {key_node.start_mark.line + 1}"
+                                f"); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | os.PathLike) -> dict:
+    """A config file as a mapping; an absent, empty, non-UTF-8 or unreadable file, or a key given twice, is a
+    ConfigErrors naming the file (and line)."""
     path = Path(path)
+
+    def fail(message):
+        raise ConfigErrors([ConfigError("", message)], str(path))
+
     if not path.is_file():
-        raise ConfigErrors([ConfigError("", f"config file {path} does not exist")], str(path))
+        fail(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"the file is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it "
+             f"as UTF-8")
+    except OSError as exc:
+        fail(f"cannot read the file: {exc.strerror or exc}")
+    try:
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigErrors([ConfigError("", f"unreadable YAML at {where}{problem}")], str(path)) from None
-    return raw if raw is not None else {}
+        fail(f"unreadable YAML at {where}{problem}")
+    if raw is None:
+        fail("the config file is empty; start from one of configs/*.yaml")
+    return raw
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = (), **cli) -> tuple[ExperimentConfig, dict]:
@@ -433,9 +367,9 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), **cli) -> tu
     shortcuts = {"runs": cli.get("runs"), "output_dir": cli.get("out"), "data.source": cli.get("data_source"),
                  "data.data_dir": cli.get("data_dir"), "training.epochs": cli.get("epochs")}
     parsed.update({k: v for k, v in shortcuts.items() if v is not None})
-    raw = apply_overrides(raw, parsed, errors)
     if errors:
         raise ConfigErrors(errors, str(path))
+    raw = apply_overrides(raw, parsed)
     # Relative file paths in a config are relative to the working directory (where the user runs the looper).
     return parse_config(raw, base_dir=Path("."), source=str(path)), raw
 
@@ -455,7 +389,7 @@ def parse_override(text: str, errors: list[ConfigError]) -> tuple[str, Any]:
         return key.strip(), value
 
 
-def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigError]) -> dict:
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
     """A copy of `raw` with dotted keys set (intermediate mappings created; a preset string replaced by a mapping
     when a sub-key of it is set)."""
     raw = copy.deepcopy(raw)
@@ -501,107 +435,80 @@ def combinations(cfg: ExperimentConfig, raw: dict) -> list[tuple[dict[str, Any],
         return [({}, cfg, raw)]
     out = []
     for combo in expand_sweep(cfg.sweep):
-        child_raw = apply_overrides(strip_sweep(raw), combo, [])
+        child_raw = apply_overrides(strip_sweep(raw), combo)
         out.append((combo, parse_config(child_raw), child_raw))
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Naming
-# --------------------------------------------------------------------------------------------------------------
-# Keys that change where or how results are reported, not the results themselves.
-_NOT_HASHED = ("runs", "output_dir", "paper", "sweep", "name")
-_NOT_HASHED_TRAINING = ("verbose", "tensorboard")
-
-
 def to_dict(cfg) -> dict:
+    """The config as plain nested mappings (specs included)."""
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: ExperimentConfig) -> str:
-    """8 hex digits over every key that affects a run's result (runs, paths of outputs and reporting excluded)."""
-    d = to_dict(cfg)
-    for key in _NOT_HASHED:
-        d.pop(key, None)
-    for key in _NOT_HASHED_TRAINING:
-        d["training"].pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def flat_items(cfg) -> dict[str, Any]:
+    """{'data.dataset': 'mnist', 'training.optimizer.learning_rate': 0.05, ...}: every leaf key of a config (or of
+    a dataclass default) by its dotted path. An InitSpec value is one leaf (a mapping)."""
+    out: dict[str, Any] = {}
 
+    def walk(node, prefix):
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            path = f"{prefix}{field.name}"
+            if dataclasses.is_dataclass(value) and not isinstance(value, InitSpec):
+                walk(value, path + ".")
+            else:
+                out[path] = dataclasses.asdict(value) if isinstance(value, InitSpec) else value
 
-def short_keys(combo: dict[str, Any]) -> dict[str, str]:
-    """Each dotted key's shortest suffix that is unique in `combo`: 'model.weight_init.factor' ->
-    'weight_init.factor' when 'model.mask_init.factor' is swept too, else 'factor'."""
-    out = {}
-    for key in combo:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            suffix = ".".join(parts[-n:])
-            if sum(other == suffix or other.endswith("." + suffix) for other in combo) == 1:
-                out[key] = suffix
-                break
+    walk(cfg, "")
     return out
-
-
-def combo_label(combo: dict[str, Any]) -> str:
-    """'threshold_fraction=0.5,weight_init=he' from a sweep combination (shortest unique key suffix,
-    filesystem-safe)."""
-    parts = []
-    names = short_keys(combo)
-    for key, value in combo.items():
-        text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-        parts.append(f"{names[key]}={text}")
-    safe = "".join(c if c.isalnum() or c in "=,._-" else "_" for c in ",".join(parts))
-    return safe[:80]
-
-
-def results_dir(cfg: ExperimentConfig, combo: dict[str, Any] | None = None) -> Path:
-    """<output_dir>/<name>-<hash>, or <output_dir>/<name>/<combo label>-<hash> for a sweep combination."""
-    if combo:
-        return Path(cfg.output_dir) / cfg.name / f"{combo_label(combo)}-{config_hash(cfg)}"
-    return Path(cfg.output_dir) / f"{cfg.name}-{config_hash(cfg)}"
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Reference
 # --------------------------------------------------------------------------------------------------------------
-def _defaults(cls, prefix="") -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(cls):
-        path = f"{prefix}{f.name}"
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        if dataclasses.is_dataclass(default):
-            out.update(_defaults(type(default), f"{path}."))
-        else:
-            out[path] = default
+def schema_fields(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+    """[(dotted key, field, default)] of every key a config may hold, sections and sub-keys of InitSpec mappings
+    included, in declaration order."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        path = f"{prefix}{field.name}"
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        tp = hints[field.name]
+        arms = typing.get_args(tp) if typing.get_origin(tp) is Union else (tp,)
+        nested = [a for a in arms if dataclasses.is_dataclass(a)]
+        out.append((path, field, default))
+        for arm in nested:
+            out += schema_fields(arm, path + ".")
     return out
 
 
 def reference_markdown() -> str:
     """The config reference: every key with its default, allowed values and meaning."""
-    defaults = _defaults(ExperimentConfig)
     lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-    for key, rule in RULES.items():
-        allowed = ", ".join(rule["choices"]) if rule.get("choices") else ""
-        bounds = [f"{s} {rule[n]}" for n, s in (("lo", ">="), ("gt", ">"), ("hi", "<="), ("lt", "<")) if n in rule]
+    for key, field, default in schema_fields():
+        meta = field.metadata
+        allowed = ", ".join(meta["choices"]) if meta.get("choices") else ""
+        bounds = [f"{s} {meta[n]}" for n, s, _ in hparams.BOUNDS if meta.get(n) is not None]
         allowed = allowed or " and ".join(bounds)
-        default = defaults.get(key, "")
-        if dataclasses.is_dataclass(default):
-            default = ""
-        lines.append(f"| `{key}` | `{default}` | {allowed} | {rule['help']} |")
+        shown = "" if dataclasses.is_dataclass(default) else f"`{default}`"
+        lines.append(f"| `{key}` | {shown} | {allowed} | {meta['help']} |")
     return "\n".join(lines)
+
+
+REFERENCE_HEADER = (
+    "# Config reference\n\nGenerated by `python config.py --reference > configs/README.md`: every key a config may "
+    "hold, its default, allowed values and meaning. Unknown keys, wrong types, out-of-range values, unknown names, "
+    "a key given twice, an empty or non-UTF-8 file are refused before anything runs (exit code 2).\n\n"
+    "Sections: top-level experiment keys, `data`, `model`, `training`, and an optional `sweep`. Sweep keys are "
+    "dotted paths (`model.threshold_fraction`); each combination is validated like a config of its own.\n")
 
 
 if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["--reference"]:
-        print("# Config reference\n\nGenerated by `python config.py --reference > configs/README.md`: every key a "
-              "config may hold, its default, allowed values and meaning. Unknown keys, wrong types, out-of-range "
-              "values and unknown names are refused before anything runs (exit code 2).\n\n"
-              "Sections: top-level experiment keys, `data`, `model`, `training`, and an optional `sweep`. Sweep "
-              "keys are dotted paths (`model.threshold_fraction`); each combination is validated like a config of "
-              "its own.\n")
+        print(REFERENCE_HEADER)
         print(reference_markdown())
     else:
         print("usage: python config.py --reference > configs/README.md")

@@ -7,7 +7,7 @@ The layer computes with the effective kernel  W_eff = w * M(m, tau)  where, for 
 
 The step function has no useful gradient, so the straight-through estimator passes it unchanged:
 
-    M_ste = M + (m - stop_gradient(m))  ->  forward value exactly M, dM_ste/dm = 1,  dL/dm = dL/dW_eff * w
+    forward  W_eff = w * M  exactly;     backward  dL/dm = dL/dW_eff * w      (`masked_kernel`, a custom gradient)
 
 Structure (after larq): pure functions for the maths, `MaskMode` objects (signed, binary, top-k) that turn a
 mask into an effective mask, `MaskedKernelMixin` that owns the variables, and two thin layers `MaskedDense`
@@ -25,7 +25,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from weight_initializer import MASK_PRESETS, WEIGHT_PRESETS, InitSpec, layer_seed
+import hparams
+from hparams import MASK_PRESETS, WEIGHT_PRESETS, InitSpec, init_spec
+from weight_initializer import ScaledInitializer, layer_seed
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +64,32 @@ def kth_largest(values, k: int):
 
 
 def topk_mask(m, fraction):
-    """M = 1[|m| >= k-th largest |m|] with k = round(fraction * size): the top-k scores of edge-popup."""
-    k = max(1, int(round(float(fraction) * int(np.prod(m.shape)))))
-    return ops.cast(ops.abs(m) >= kth_largest(ops.abs(m), k), m.dtype)
+    """M = 1 for exactly k = max(1, round(fraction * size)) entries of largest |m| (edge-popup's top-k scores).
+
+    With v the k-th largest |m|: every |m| > v is kept, and of the entries with |m| == v only the first
+    k - #(|m| > v) in flat (row-major) order, so ties never keep more than k. An all-zero m keeps its first k.
+    """
+    size = int(np.prod(m.shape))
+    k = max(1, int(round(float(fraction) * size)))
+    magnitude = ops.abs(m)
+    v = kth_largest(magnitude, k)
+    above = magnitude > v
+    tie = ops.equal(magnitude, v)
+    room = k - ops.sum(ops.cast(above, "int32"))
+    rank = ops.reshape(ops.cumsum(ops.reshape(ops.cast(tie, "int32"), (-1,))), ops.shape(m))
+    return ops.cast(ops.logical_or(above, ops.logical_and(tie, rank <= room)), m.dtype)
 
 
-def straight_through(m, hard):
-    """Forward value exactly `hard`; the gradient reaches `m` as if `hard` were the identity of `m`."""
-    return hard + (m - ops.stop_gradient(m))
-
-
-def masked_kernel(w, m, tau, hard, score=None):
+def masked_kernel(w, m, tau, hard, *, through_magnitude: bool = False):
     """W_eff = w * hard(m, tau) with the straight-through gradient dL/dm = dL/dW_eff * w.
 
-    `score(m)` is the quantity the mode ranks or thresholds when that is not m itself: top-k ranks |m|, so its
-    step is straight-through in |m| and dL/dm = dL/dW_eff * w * sign(m) (as edge-popup differentiates |s|).
+    The STE passes the step unchanged: the forward value is exactly w * M and the backward pass is one multiply
+    (the step function is never differentiated; 15 % (FCN) to 42 % (Conv2) less masking work per step than
+    differentiating w * (M + m - stop_gradient(m)), benchmarks/README.md). `w` and `tau` get no gradient.
 
-    The same values and gradient as `w * straight_through(m, hard(m, tau))`, but the backward pass is one multiply:
-    the step function is never differentiated (measured: 15 % (FCN) to 42 % (Conv2) less masking work per step
-    without XLA; benchmarks/README.md). `w` and `tau` get no gradient (both are frozen).
+    through_magnitude: the mode ranks |m| (top-k), so the step is straight-through in |m| and
+    dL/dm = dL/dW_eff * w * s(m), s(m) = -1 for m < 0 else +1 (as edge-popup differentiates |score|; s(0) = +1
+    so that an all-zero mask still learns).
     """
 
     @ops.custom_gradient
@@ -89,7 +98,7 @@ def masked_kernel(w, m, tau, hard, score=None):
             if upstream is None:
                 (upstream,) = args
             g = upstream * w
-            return g if score is None else g * ops.sign(m)
+            return ops.where(m < 0, -g, g) if through_magnitude else g
 
         return w * hard(m, tau), grad
 
@@ -116,6 +125,7 @@ class MaskMode:
     """Turns a real-valued mask into an effective mask. Subclasses define `hard` (and `threshold` if used)."""
 
     name = "base"
+    uses_threshold = True  # False where tau plays no part (top-k)
 
     def hard(self, m, tau):
         raise NotImplementedError
@@ -168,6 +178,7 @@ class TopKMask(MaskMode):
     """Edge-popup (Ramanujan et al.): keep the `k` fraction of largest |m| in each layer; tau is unused (0)."""
 
     name = "topk"
+    uses_threshold = False
 
     def __init__(self, k: float = 0.5):
         if not 0.0 < float(k) <= 1.0:
@@ -178,8 +189,8 @@ class TopKMask(MaskMode):
         return topk_mask(m, self.k)
 
     def kernel(self, w, m, tau):
-        """Straight-through in the score |m|: dL/dm = dL/dW_eff * w * sign(m)."""
-        return masked_kernel(w, m, tau, self.hard, score=ops.abs)
+        """Straight-through in the score |m|: dL/dm = dL/dW_eff * w * s(m) (see `masked_kernel`)."""
+        return masked_kernel(w, m, tau, self.hard, through_magnitude=True)
 
     def threshold(self, m_init, fraction):
         return 0.0
@@ -189,6 +200,8 @@ class TopKMask(MaskMode):
 
 
 MASK_MODES = {cls.name: cls for cls in (SignedMask, BinaryMask, TopKMask)}
+if tuple(MASK_MODES) != hparams.MASK_MODES:  # the config schema offers hparams.MASK_MODES
+    raise ImportError(f"mask modes {tuple(MASK_MODES)} differ from hparams.MASK_MODES {hparams.MASK_MODES}")
 
 
 def mask_mode_from_name(name: str, topk_fraction: float = 0.5) -> MaskMode:
@@ -245,6 +258,9 @@ class MaskedKernelMixin:
     def reset_threshold(self) -> float:
         """tau = p * max|m| from the current mask; call after (re-)initialising or loading the mask."""
         tau = self.mask_mode.threshold(self.mask, self.threshold_fraction)
+        if tau == 0.0 and self.mask_mode.uses_threshold:
+            log.warning("%s: the mask is all zero, so tau = 0 and every weight is hidden until the mask moves; "
+                        "check its initialiser or masks file", self.name)
         self.threshold.assign(tau)
         return tau
 
@@ -350,19 +366,30 @@ def _pair(value) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------------------
 # Model-level helpers
 # --------------------------------------------------------------------------------------------------------------
-def _all_layers(model):
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+def leaf_layers(model, prefix: str = "") -> list[tuple[str, keras.layers.Layer]]:
+    """[(path, layer)] of every layer that is not itself a model, depth first through `model.layers` (Sequential
+    and functional models, nested ones included: a nested model adds '<its name>/' to the path)."""
+    out = []
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model):
+            out += leaf_layers(layer, path + "/")
+        else:
+            out.append((path, layer))
+    return out
 
 
 def masked_layers(model) -> list[MaskedKernelMixin]:
     """Every masked layer of `model`, in build order."""
-    return [layer for layer in _all_layers(model) if isinstance(layer, MaskedKernelMixin)]
+    return [layer for _, layer in leaf_layers(model) if isinstance(layer, MaskedKernelMixin)]
+
+
+STOCK_KERNEL_LAYERS = (keras.layers.Dense, keras.layers.Conv2D)
 
 
 def kernel_layers(model) -> list:
     """Every layer that carries a kernel: masked layers and stock Dense / Conv2D."""
-    stock = (keras.layers.Dense, keras.layers.Conv2D)
-    return [layer for layer in _all_layers(model) if isinstance(layer, (MaskedKernelMixin,) + stock)]
+    return [layer for _, layer in leaf_layers(model) if isinstance(layer, (MaskedKernelMixin,) + STOCK_KERNEL_LAYERS)]
 
 
 def count_parameters(model) -> int:
@@ -370,21 +397,34 @@ def count_parameters(model) -> int:
     return int(sum(int(np.prod(layer.kernel.shape)) for layer in kernel_layers(model)))
 
 
+def layer_counts(layer) -> dict[str, int]:
+    """{'kept', 'inverted', 'hidden', 'total'} of a kernel layer: its effective mask's counts, or, for a stock
+    Dense / Conv2D, every weight kept."""
+    if isinstance(layer, MaskedKernelMixin):
+        return layer.mask_counts()
+    size = int(np.prod(layer.kernel.shape))
+    return {"kept": size, "inverted": 0, "hidden": 0, "total": size}
+
+
 def mask_statistics(model) -> dict:
     """Per-layer kept/inverted/hidden counts and the global remaining-weights % of the paper:
 
-        remaining % = 100 * sum_layers sum |M| / sum_layers size(m)      (first and last layers included)
+        remaining % = 100 * sum_layers #(M != 0) / sum_layers size(m)      (first and last layers included)
+
+    over the masked layers; a model without masked layers (a dense baseline) counts every Dense / Conv2D kernel
+    weight as kept (100 %). Plain Python numbers.
     """
-    layers = {layer.name: layer.mask_counts() for layer in masked_layers(model)}
-    total = sum(c["total"] for c in layers.values())
-    active = sum(c["kept"] + c["inverted"] for c in layers.values())
-    for counts in layers.values():
-        counts["remaining_percent"] = 100.0 * (counts["kept"] + counts["inverted"]) / counts["total"]
+    layers = masked_layers(model) or kernel_layers(model)
+    counts = {layer.name: layer_counts(layer) for layer in layers}
+    total = sum(c["total"] for c in counts.values())
+    active = sum(c["kept"] + c["inverted"] for c in counts.values())
+    for c in counts.values():
+        c["remaining_percent"] = 100.0 * (c["kept"] + c["inverted"]) / c["total"] if c["total"] else 100.0
     return {
         "remaining_percent": 100.0 * active / total if total else 100.0,
-        "remaining_weights": active,
-        "total_weights": total,
-        "layers": layers,
+        "remaining_weights": int(active),
+        "total_weights": int(total),
+        "layers": counts,
     }
 
 
@@ -399,18 +439,6 @@ class LayerFactory(Protocol):
     def conv2d(self, filters: int, kernel_size, *, strides=1, index: int, name: str) -> keras.layers.Layer: ...
 
 
-def _spec(value, presets) -> InitSpec:
-    if isinstance(value, InitSpec):
-        return value
-    if isinstance(value, str):
-        if value not in presets:
-            raise ValueError(f"unknown init preset {value!r}; allowed: {', '.join(presets)}")
-        return presets[value]
-    if isinstance(value, dict):
-        return InitSpec(**value)
-    raise TypeError(f"cannot make an InitSpec from {value!r}")
-
-
 @dataclasses.dataclass
 class BaselineLayers:
     """Stock trainable Dense / Conv2D (no bias) initialised with `weight_init` (default ELU-uniform)."""
@@ -419,16 +447,17 @@ class BaselineLayers:
     seed: int | None = None
 
     def __post_init__(self):
-        self.weight_init = _spec(self.weight_init, WEIGHT_PRESETS)
+        self.weight_init = init_spec(self.weight_init, WEIGHT_PRESETS)
+
+    def _initializer(self, index):
+        return ScaledInitializer.from_spec(self.weight_init, layer_seed(self.seed, index))
 
     def dense(self, units, *, index, name):
-        return keras.layers.Dense(units, use_bias=False, name=name,
-                                  kernel_initializer=self.weight_init.initializer(layer_seed(self.seed, index)))
+        return keras.layers.Dense(units, use_bias=False, name=name, kernel_initializer=self._initializer(index))
 
     def conv2d(self, filters, kernel_size, *, strides=1, index, name):
-        return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                                   name=name,
-                                   kernel_initializer=self.weight_init.initializer(layer_seed(self.seed, index)))
+        return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False, name=name,
+                                   kernel_initializer=self._initializer(index))
 
 
 @dataclasses.dataclass
@@ -444,14 +473,14 @@ class MaskedLayers:
 
     def __post_init__(self):
         self.mask_mode = get_mask_mode(self.mask_mode)
-        self.weight_init = _spec(self.weight_init, WEIGHT_PRESETS)
-        self.mask_init = _spec(self.mask_init, MASK_PRESETS)
+        self.weight_init = init_spec(self.weight_init, WEIGHT_PRESETS)
+        self.mask_init = init_spec(self.mask_init, MASK_PRESETS)
 
     def _kwargs(self, index):
         # Weights and masks get independent seeds, so changing one init never changes the other.
         return {
-            "kernel_initializer": self.weight_init.initializer(layer_seed(self.seed, 2 * index)),
-            "mask_initializer": self.mask_init.initializer(layer_seed(self.seed, 2 * index + 1)),
+            "kernel_initializer": ScaledInitializer.from_spec(self.weight_init, layer_seed(self.seed, 2 * index)),
+            "mask_initializer": ScaledInitializer.from_spec(self.mask_init, layer_seed(self.seed, 2 * index + 1)),
             "threshold_fraction": self.threshold_fraction,
             "mask_mode": self.mask_mode,
         }

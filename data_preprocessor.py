@@ -24,11 +24,17 @@ paper (section 4.4):
 * labels are one-hot float32 (MNIST, CIFAR-10) or sparse int32 (CIFAR-100) by
   default; the trainer must use categorical vs. sparse categorical
   cross-entropy accordingly;
-* the training set is reshuffled every epoch with a full buffer, optionally
-  augmented per example (zero-pad 4 pixels on every side, random 32x32 crop,
-  random horizontal flip; after standardisation; on by default for CIFAR-100
-  only), batched (last partial batch kept) and prefetched; the test set is
-  only batched and prefetched.
+* the training set is a stream of epochs: epoch e is a pseudo-random
+  permutation of all examples that is a pure function of (seed, e)
+  (``shuffle=False``: the file order), optionally augmented per example
+  (zero-pad 4 pixels on every side, random 32x32 crop, random horizontal flip,
+  seeded by (seed, e, position); after standardisation; on by default for
+  CIFAR-100 only), batched (last partial batch kept) and prefetched. A run
+  resumed at epoch e therefore sees exactly the data of an uninterrupted run.
+  The test set is only batched and prefetched.
+
+TensorFlow is imported by the functions that build pipelines, not by this
+module, so the config schema can read the dataset table without it.
 """
 
 from __future__ import annotations
@@ -41,10 +47,10 @@ import os
 import pickle
 import tarfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +98,6 @@ DATASETS: dict[str, DatasetInfo] = {
 SOURCES = ("tfds", "local", "synthetic")
 LABEL_FORMATS = ("one_hot", "sparse")
 
-_TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
 _DEFAULT_LABEL_FORMAT = {"mnist": "one_hot", "cifar10": "one_hot", "cifar100": "sparse"}
 _DEFAULT_AUGMENT = {"mnist": False, "cifar10": False, "cifar100": True}
 
@@ -367,7 +372,7 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
         raise DataUnavailableError(f"tensorflow-datasets is not installed. {hint} Original error: {exc}") from exc
     try:
         splits = tfds.load(
-            _TFDS_NAMES[info.name],
+            info.name,
             split=["train", "test"],
             batch_size=-1,
             as_supervised=True,
@@ -485,17 +490,36 @@ def standardize_images(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def example_seeds(seed: int, epoch, index):
+    """The stateless seed pair of one training example in one epoch: fold_in(fold_in((seed, 0), epoch), index).
+    A pure function of (seed, epoch, index), so a resumed run augments exactly as an uninterrupted one."""
+    import tensorflow as tf
+
+    epoch_seed = tf.random.experimental.stateless_fold_in(tf.constant([int(seed), 0], tf.int64), epoch)
+    return tf.random.experimental.stateless_fold_in(epoch_seed, index)
+
+
+def epoch_permutation(positions, n: int, seed: int, epoch):
+    """The example index at each position of epoch `epoch`: a stateless pseudo-random permutation of 0..n-1,
+    a pure function of (seed, epoch) (tf.random.experimental.index_shuffle), so any epoch's order can be produced
+    without replaying the earlier ones."""
+    import tensorflow as tf
+
+    seed_pair = tf.stack([tf.constant(int(seed), tf.int64), tf.cast(epoch, tf.int64)])
+    return tf.random.experimental.index_shuffle(positions, seed=seed_pair, max_index=n - 1)
+
+
+def augment_image(image, seed):
     """Zero-pad 4 pixels on every side, random crop back to H x W, random horizontal flip.
 
     ``image`` is one (H, W, C) image; ``seed`` a shape-[2] int seed for the
     stateless random ops (so the augmentation is reproducible).
     """
+    import tensorflow as tf
+
     shape = tf.shape(image)
     padded = tf.pad(image, [[_PAD, _PAD], [_PAD, _PAD], [0, 0]])
-    seed = tf.cast(seed, tf.int64)
-    crop_seed = tf.stack([seed[0], seed[1]])
-    flip_seed = tf.stack([seed[1], seed[0] + 1])
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
     cropped = tf.image.stateless_random_crop(padded, size=shape, seed=crop_seed)
     return tf.image.stateless_random_flip_left_right(cropped, seed=flip_seed)
 
@@ -509,24 +533,43 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 class DataBundle:
     """Train/test pipelines and their metadata.
 
-    ``train`` yields batched, per-epoch reshuffled (x float32, y) pairs,
-    ``test`` batched pairs in file order; both are prefetched.  ``y`` is one-hot
-    float32 if ``label_format == "one_hot"`` else int32 class indices.
-    ``steps_per_epoch = ceil(n_train / batch_size)``.
+    The training data is a stream of epochs: ``train_from(e)`` yields the
+    batches of epoch e, e+1, ... without end (``train`` is ``train_from(0)``),
+    so ``fit`` needs ``steps_per_epoch`` (and ``initial_epoch=e`` when
+    resuming); ``epoch(e)`` is the finite dataset of epoch e alone. Epoch e's
+    order and augmentation are pure functions of ``(seed, e)``: a run resumed
+    at epoch e sees exactly the data an uninterrupted run sees. Batches are
+    (x float32, y), ``y`` one-hot float32 if ``label_format == "one_hot"``
+    else int32 class indices; the last, smaller batch of an epoch is kept, so
+    ``steps_per_epoch = ceil(n_train / batch_size)``. ``test`` is batched in
+    file order. Everything is prefetched.
     """
 
-    train: tf.data.Dataset
-    test: tf.data.Dataset
+    stream: Callable[[int], Any]  # first epoch -> the endless dataset of batches
+    test: Any  # tf.data.Dataset
     info: DatasetInfo
     n_train: int
     n_test: int
     steps_per_epoch: int
     label_format: str
 
+    def train_from(self, epoch: int = 0):
+        """The batches of epoch `epoch` (0-based), then of every later epoch, without end."""
+        return self.stream(int(epoch))
+
+    @property
+    def train(self):
+        """``train_from(0)``: pass ``steps_per_epoch`` to ``fit``."""
+        return self.train_from(0)
+
+    def epoch(self, epoch: int):
+        """The ``steps_per_epoch`` batches of epoch `epoch` alone."""
+        return self.train_from(epoch).take(self.steps_per_epoch)
+
     @property
     def input_shape(self) -> tuple:
         """Shape of one model input as produced by the pipelines ((784,) for flattened MNIST)."""
-        return tuple(self.train.element_spec[0].shape[1:].as_list())
+        return tuple(self.test.element_spec[0].shape[1:].as_list())
 
 
 def _encode_labels(y: np.ndarray, label_format: str, num_classes: int) -> np.ndarray:
@@ -535,36 +578,46 @@ def _encode_labels(y: np.ndarray, label_format: str, num_classes: int) -> np.nda
     return y.astype(np.int32)
 
 
-def _train_pipeline(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
+def _train_stream(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
+    """first epoch -> endless dataset of the batches of that epoch and every later one (see DataBundle)."""
+    import tensorflow as tf
+
     n = x.shape[0]
     x_t = tf.convert_to_tensor(x)
     y_t = tf.convert_to_tensor(y)
-    # Shuffling indices with a full buffer is equivalent to shuffling the examples
-    # with a full buffer, without copying the images into the shuffle buffer.
-    # shuffle=False keeps the file order in every epoch (the authors' MNIST pipeline).
-    indices = tf.data.Dataset.range(n)
-    if shuffle:
-        indices = indices.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-        def _example(i, r):
-            image = augment_image(tf.gather(x_t, i), r)
-            if flat_shape is not None:
-                image = tf.reshape(image, flat_shape)
-            return image, tf.gather(y_t, i)
+    def order(positions, epoch):
+        return epoch_permutation(positions, n, seed, epoch) if shuffle else positions
 
-        ds = tf.data.Dataset.zip((indices, randoms)).map(_example, num_parallel_calls=tf.data.AUTOTUNE)
-        ds = ds.batch(batch_size)
-    else:
-        ds = indices.batch(batch_size).map(
-            lambda idx: (tf.gather(x_t, idx), tf.gather(y_t, idx)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    def one_epoch(epoch):
+        positions = tf.data.Dataset.range(n)
+        if augment:
+            def example(position):
+                i = order(position, epoch)
+                image = augment_image(tf.gather(x_t, i), example_seeds(seed, epoch, position))
+                if flat_shape is not None:
+                    image = tf.reshape(image, flat_shape)
+                return image, tf.gather(y_t, i)
+
+            return positions.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+        def batch(position):
+            i = order(position, epoch)
+            return tf.gather(x_t, i), tf.gather(y_t, i)
+
+        return positions.batch(batch_size).map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def stream(first_epoch: int):
+        epochs = tf.data.Dataset.counter(int(first_epoch)).flat_map(one_epoch)
+        endless = epochs.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+        return endless.prefetch(tf.data.AUTOTUNE)
+
+    return stream
 
 
 def _test_pipeline(x, y, batch_size):
+    import tensorflow as tf
+
     x_t = tf.convert_to_tensor(x)
     y_t = tf.convert_to_tensor(y)
     ds = tf.data.Dataset.range(x.shape[0]).batch(batch_size)
@@ -630,14 +683,14 @@ def load_dataset(
     y_train = _encode_labels(y_train, label_format, info.num_classes)
     y_test = _encode_labels(y_test, label_format, info.num_classes)
 
-    train = _train_pipeline(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
+    stream = _train_stream(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
     test = _test_pipeline(x_test, y_test, batch_size)
     logger.info(
         "Prepared %s pipelines (batch %d, %s labels, augment=%s, flatten=%s) in %.2f s",
         dataset, batch_size, label_format, bool(augment), bool(flatten), time.perf_counter() - start,
     )
     return DataBundle(
-        train=train,
+        stream=stream,
         test=test,
         info=info,
         n_train=n_train,

@@ -1,22 +1,21 @@
 """Run a config's experiments: `python experiment_looper.py configs/conv6.yaml`.
 
 For every sweep combination (or the config itself) and every run i (seed base_seed + i) it builds the model, trains
-it and writes, atomically, a run directory:
+it and writes a run folder (the layout is run_folder's docstring). What survives what:
 
-    <output_dir>/<name>-<hash>/                      (a sweep: <output_dir>/<name>/<combo>-<hash>/)
-        config.yaml        the resolved config
-        looper.log         the log of every invocation
-        summary.json/.md   mean, std, min, max over finished runs, next to the paper's numbers
-        run_000/           written to run_000.partial/ and renamed when the run ends
-            config.yaml    resolved config with this run's seed
-            metrics.json   status (ok | failed), final accuracy, remaining weights, seconds, ...
-            history.json   one entry per epoch (train/test loss and accuracy, lr, remaining weights per layer)
-            layers.json    final per-layer kept / inverted / hidden counts
-            masks.npz      final frozen kernels, masks and thresholds (weight_initializer.load_weights_npz)
-            compact.npz    the trained network in ~2 bits per weight, BN included (export.load_compact)
+    Ctrl-C, SIGTERM   the current step ends, the runs finished so far and the last epoch checkpoint are kept,
+                      exit code 130 (SIGINT) or 143 (SIGTERM); a second Ctrl-C stops at once
+    SIGKILL, a lost node, preemption
+                      finished runs are whole (they appear by a rename); the interrupted run resumes from its last
+                      epoch checkpoint (training.checkpoint_every) when the same command runs again
+    several workers   the same command started N times on one --out (a Slurm array, one process per GPU, xargs -P)
+                      shares the runs: each is claimed atomically and trained once; a dead worker's run is taken
+                      over after --claim-timeout seconds without a heartbeat (at once on the same host) and
+                      resumes from its checkpoint; the summaries are rewritten under a lock by every worker that
+                      finishes a run, from what is on disk, so the last one to finish writes the complete summary
 
-Re-running the same command skips finished runs (resume). A sweep also writes <output_dir>/<name>-sweep.md/.csv.
-Config errors are reported before any data is loaded or model built, with exit code 2.
+Config errors are reported before any data is loaded or model built (and before TensorFlow is imported), with exit
+code 2.
 """
 
 from __future__ import annotations
@@ -25,108 +24,72 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
 import shutil
 import signal
-import statistics
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
-
 import config as config_lib
+import data_preprocessor
+import run_folder
 from config import ConfigErrors, ExperimentConfig
 from paper_results import PAPER_RESULTS
+from run_folder import RunClaim, RunFileError
 
 log = logging.getLogger("experiment_looper")
 
-RUN_FILES = ("config.yaml", "metrics.json", "history.json", "layers.json", "masks.npz", "compact.npz")
+
+# --------------------------------------------------------------------------------------------------------------
+# Stop requests (SIGINT, SIGTERM)
+# --------------------------------------------------------------------------------------------------------------
+class StopRequest:
+    """Installs SIGINT and SIGTERM handlers that only set `event` (and remember the signal): the training loop,
+    the looper and the checkpoint writer look at it at well-defined points, so an interrupt can be neither lost in
+    a library's exception handling or a finaliser nor raised half-way through a write. Installed explicitly: a
+    process started in the background by a shell inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler. A second SIGINT raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        # os.write, not print: a handler may run while the main thread is inside print().
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current step (Ctrl-C again to stop "
+                    f"now)\n".encode())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
+
+
+class _AnyEvent:
+    """is_set() of several events (a stop request or a lost claim both end a run's training)."""
+
+    def __init__(self, *events):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Atomic files
+# Training one run
 # --------------------------------------------------------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {value!r}")
-
-
-def _yaml(cfg: ExperimentConfig, **extra) -> str:
-    return yaml.safe_dump({**config_lib.to_dict(cfg), **extra}, sort_keys=False, default_flow_style=None)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building a run
-# --------------------------------------------------------------------------------------------------------------
-def layer_factory(cfg: ExperimentConfig, seed: int):
-    """BaselineLayers for mask_mode none, else MaskedLayers with the config's mode and inits."""
-    from custom_layers import BaselineLayers, MaskedLayers, mask_mode_from_name
-    from weight_initializer import InitSpec
-
-    def spec(value):
-        return value if isinstance(value, str) else InitSpec(**config_lib.to_dict(value))
-
-    m = cfg.model
-    if m.mask_mode == "none":
-        return BaselineLayers(weight_init=spec(m.weight_init or "elu_uniform"), seed=seed)
-    return MaskedLayers(mask_mode=mask_mode_from_name(m.mask_mode, m.topk_fraction), weight_init=spec(m.weight_init or "elus"), mask_init=spec(m.mask_init),
-                        threshold_fraction=m.threshold_fraction, seed=seed)
-
-
-def build_run_model(cfg: ExperimentConfig, seed: int, run: int):
-    """The config's model for one run, with weights / masks loaded from the init files when configured."""
-    from architectures import build_model
-    from weight_initializer import load_weights_npz
-
-    m = cfg.model
-    kwargs: dict[str, Any] = {"num_classes": cfg.num_classes}
-    if m.architecture.startswith("resnet"):
-        kwargs.update(width=int(m.width), batch_norm=m.batch_norm, stem_batch_norm=m.stem_batch_norm)
-    elif m.architecture.startswith("conv"):
-        kwargs.update(width=m.width, dropout=m.dropout)
-    else:
-        kwargs.update(dropout=m.dropout)
-    model = build_model(m.architecture, layer_factory(cfg, seed), **kwargs)
-    if m.weights_file:
-        load_weights_npz(model, config_lib.resolve_run_file(m.weights_file, run), parts=("kernel",))
-    if m.masks_file:
-        load_weights_npz(model, config_lib.resolve_run_file(m.masks_file, run), parts=("mask",),
-                         threshold="recompute")
-    return model
-
-
 _STRATEGIES: dict[str, Any] = {}
 
 
@@ -139,7 +102,8 @@ def distribution_strategy(cfg: ExperimentConfig):
     if name is None:
         return None
     if name not in _STRATEGIES:
-        factories = {"mirrored": tf.distribute.MirroredStrategy, "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}
+        factories = {"mirrored": tf.distribute.MirroredStrategy,
+                     "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}
         _STRATEGIES[name] = factories[name]()
     return _STRATEGIES[name]
 
@@ -165,34 +129,47 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, extra_callbacks=()) -> dict:
-    """Train one run into `run_dir` (which exists and is empty); returns its metrics."""
+def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop_event=None,
+              extra_callbacks=()) -> dict:
+    """Train one run in `run_dir` (resuming from its checkpoint when there is one) and write its files (metrics
+    last); returns the metrics. KeyboardInterrupt when `stop_event` ends training early."""
     import keras
 
     import model_trainer
-    from data_preprocessor import load_dataset
     from custom_layers import count_parameters
-    from export import save_compact
-    from weight_initializer import save_weights_npz
+    from data_preprocessor import load_dataset
 
     seed_everything(seed, cfg.training.deterministic)
     d = cfg.data
-    data = load_dataset(d.dataset, d.source, d.data_dir, batch_size=d.batch_size, augment=d.augment, seed=seed, shuffle=d.shuffle,
-                        synthetic_train=d.synthetic_train, synthetic_test=d.synthetic_test)
+    data = load_dataset(d.dataset, d.source, d.data_dir, batch_size=d.batch_size, augment=d.augment, seed=seed,
+                        shuffle=d.shuffle, synthetic_train=d.synthetic_train, synthetic_test=d.synthetic_test)
     t = cfg.training
+    checkpoint = run_dir / run_folder.CHECKPOINT
     with precision_policy(t.mixed_precision):
         strategy = distribution_strategy(cfg)
         scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
         with scope:
-            model = build_run_model(cfg, seed, run)
+            model = run_folder.build_run_model(cfg, seed, run)
             optimizer = model_trainer.make_optimizer(t.optimizer, t.schedule, data.steps_per_epoch, t.epochs)
             model_trainer.compile_model(model, optimizer, label_format=data.label_format, jit_compile=t.jit_compile)
         callbacks = list(extra_callbacks)
         if t.tensorboard:
-            callbacks += _tensorboard_callbacks(run_dir)
-        result = model_trainer.train(model, data, optimizer=t.optimizer, schedule=t.schedule, epochs=t.epochs,
-                                     callbacks=callbacks, verbose=t.verbose, compile=False)
+            callbacks += [keras.callbacks.TensorBoard(log_dir=str(run_dir / run_folder.TENSORBOARD)),
+                          model_trainer.MaskImageCallback(run_dir / run_folder.TENSORBOARD)]
+        kwargs = dict(optimizer=t.optimizer, schedule=t.schedule, epochs=t.epochs, callbacks=callbacks,
+                      verbose=t.verbose, compile=False, checkpoint=checkpoint, checkpoint_every=t.checkpoint_every,
+                      stop_event=stop_event)
+        try:
+            result = model_trainer.train(model, data, **kwargs)
+        except model_trainer.CheckpointError as exc:
+            aside = checkpoint.with_name(f"{checkpoint.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(checkpoint, aside)
+            log.warning("%s; kept as %s, the run starts again from epoch 1", exc, aside.name)
+            result = model_trainer.train(model, data, **kwargs)
+    if result.resumed_from:
+        log.info("%s: resumed after epoch %d of %d", run_dir.name, result.resumed_from, t.epochs)
     final = result.final
+    ok_history = [h for h in result.history if h.get("test_accuracy") is not None]
     metrics = {
         "status": result.status,
         "message": result.message,
@@ -205,122 +182,133 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, extra_c
         "remaining_percent": final.get("remaining_percent"),
         "remaining_weights": final.get("remaining_weights"),
         "total_weights": count_parameters(model),
-        "best_test_accuracy": max((h["test_accuracy"] for h in result.history if _finite(h.get("test_accuracy"))),
+        "best_test_accuracy": max((h["test_accuracy"] for h in ok_history if run_folder.finite(h["test_accuracy"])),
                                   default=None),
         "seconds": result.seconds,
         "seconds_per_epoch": result.seconds / max(1, len(result.history)),
+        "precision": t.mixed_precision or "float32",
     }
-    atomic_write_json(run_dir / "history.json", result.history)
-    atomic_write_json(run_dir / "layers.json", final.get("layers", {}))
-    save_weights_npz(model, run_dir / "masks.npz")
-    save_compact(model, run_dir / "compact.npz")  # ternary masks + BN weights: rebuilds the exact trained model
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    run_folder.atomic_write_json(run_dir / run_folder.HISTORY, result.history)
+    run_folder.atomic_write_json(run_dir / run_folder.LAYERS, final.get("layers", {}))
+    run_folder.save_weights_npz(model, run_dir / run_folder.MASKS)
+    run_folder.save_compact(model, run_dir / run_folder.COMPACT)  # ternary masks + BN: the exact trained model
+    run_folder.atomic_write_json(run_dir / run_folder.METRICS, metrics)
+    checkpoint.unlink(missing_ok=True)  # the run's results are saved: its checkpoint has done its job
     keras.utils.clear_session(free_memory=True)
     return metrics
 
 
-def _tensorboard_callbacks(run_dir: Path):
-    """Keras' TensorBoard callback (needs the tensorboard package) plus mask images and mask scalars."""
-    import importlib.util
-
-    import keras
-
-    from analysis import MaskImageCallback
-
-    has_tensorboard = importlib.util.find_spec("tensorboard") is not None
-    callbacks = []
-    if has_tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-    else:
-        log.warning("tensorboard is not installed (pip install tensorboard): epoch metrics are written as "
-                    "epoch/<key> by MaskImageCallback instead")
-    callbacks.append(MaskImageCallback(run_dir / "tensorboard", log_metrics=not has_tensorboard))
-    return callbacks
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Sweeping runs with resume
+# All runs of a config, shared between workers
 # --------------------------------------------------------------------------------------------------------------
-def run_name(run: int) -> str:
-    return f"run_{run:03d}"
-
-
-def finished_runs(directory: Path) -> dict[int, dict]:
-    """Runs whose directory was completed (renamed from .partial) with readable metrics."""
-    out = {}
-    for path in sorted(Path(directory).glob("run_[0-9][0-9][0-9]")):
-        try:
-            out[int(path.name[4:])] = json.loads((path / "metrics.json").read_text())
-        except (OSError, ValueError):
-            log.warning("%s is incomplete; it will be redone", path)
-    return out
-
-
-def run_experiment(cfg: ExperimentConfig, directory: Path, *, train=train_run) -> dict:
-    """All runs of one (combination of a) config into `directory`, resuming; returns the summary."""
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(directory / "config.yaml", _yaml(cfg))
-    # Runs beyond cfg.runs (left by an earlier, larger --runs) stay on disk but are not this summary's.
-    done = {run: m for run, m in finished_runs(directory).items() if run < cfg.runs}
-    for run, seed in enumerate(cfg.seeds()):
-        final_dir = directory / run_name(run)
-        if run in done:
-            log.info("%s: finished before (%s), skipped", final_dir, done[run]["status"])
+def _prepare_partial(partial: Path) -> bool:
+    """Make run_xxx.partial/ ready to train in: keep its checkpoint (True when there is one), drop every other
+    leftover of an interrupted attempt."""
+    partial.mkdir(parents=True, exist_ok=True)
+    for path in partial.iterdir():
+        if path.name == run_folder.CHECKPOINT:
             continue
-        if final_dir.exists():  # a finished-looking directory without valid metrics
-            shutil.rmtree(final_dir)
-        partial = directory / f"{run_name(run)}.partial"
-        if partial.exists():
-            log.info("%s: an interrupted run is redone", final_dir)
-            shutil.rmtree(partial)
-        partial.mkdir()
-        atomic_write_text(partial / "config.yaml", _yaml(cfg, seed=seed, run=run))
-        log.info("%s: run %d/%d, seed %d", directory.name, run + 1, cfg.runs, seed)
-        metrics = train(cfg, run, seed, partial)
-        os.replace(partial, final_dir)  # the run appears whole or not at all
-        done[run] = metrics
-        if metrics["status"] != "ok":
-            log.error("run %d failed: %s", run, metrics.get("message"))
-        else:
-            log.info("run %d: test accuracy %.2f %%, remaining %.2f %%", run, 100 * metrics["test_accuracy"],
-                     metrics["remaining_percent"])
-        write_summary(directory, summarize(cfg, done))
-    summary = summarize(cfg, done)
-    write_summary(directory, summary)
-    return summary
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return (partial / run_folder.CHECKPOINT).is_file()
+
+
+def _set_aside(directory: Path, reason: str) -> Path:
+    aside = directory.with_name(f"{directory.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(directory, aside)
+    log.warning("%s; the run was moved to %s and is trained again", reason, aside.name)
+    return aside
+
+
+def _run_once(cfg: ExperimentConfig, directory: Path, run: int, seed: int, train, stop_event, claim_timeout) -> None:
+    """Train run `run` unless it is finished or another worker holds it (see run_experiment)."""
+    if stop_event is not None and stop_event.is_set():
+        raise KeyboardInterrupt
+    final = run_folder.run_dir(directory, run)
+    if final.exists():
+        with contextlib.suppress(RunFileError):
+            metrics = run_folder.check_run(final)
+            log.info("%s: finished before (%s), skipped", final, metrics["status"])
+            return
+    claim = RunClaim.acquire(directory, run, claim_timeout)
+    if claim is None:
+        info = RunClaim.describe(run_folder.claim_path(directory, run)) or {}
+        log.info("%s: trained by another worker (%s:%s), skipped", final, info.get("host"), info.get("pid"))
+        return
+    try:
+        if final.exists():  # finished by another worker meanwhile, or broken
+            try:
+                run_folder.check_run(final)
+                return
+            except RunFileError as exc:
+                _set_aside(final, str(exc))
+        partial = run_folder.partial_dir(directory, run)
+        resuming = _prepare_partial(partial)
+        run_folder.atomic_write_text(partial / run_folder.CONFIG, run_folder.config_yaml(cfg, seed=seed, run=run))
+        log.info("%s: run %d/%d, seed %d%s", directory.name, run + 1, cfg.runs, seed,
+                 " (resuming from its checkpoint)" if resuming else "")
+        try:
+            metrics = train(cfg, run, seed, partial, stop_event=_AnyEvent(stop_event, claim.lost))
+        except KeyboardInterrupt:
+            if claim.lost.is_set() and not (stop_event is not None and stop_event.is_set()):
+                log.warning("%s: another worker took this run over; left to it", final)
+                return
+            raise
+        if claim.lost.is_set() or not claim.owned():
+            log.warning("%s: another worker took this run over; its result is left to that worker", final)
+            return
+        os.replace(partial, final)  # the run appears whole or not at all
+    finally:
+        claim.release()
+    if metrics["status"] != "ok":
+        log.error("run %d failed: %s", run, metrics.get("message"))
+    else:
+        log.info("run %d: test accuracy %.2f %%, remaining %.2f %%", run, 100 * metrics["test_accuracy"],
+                 metrics["remaining_percent"])
+    refresh_summary(cfg, directory)
+
+
+def run_experiment(cfg: ExperimentConfig, directory: Path, *, train=None, stop_event=None,
+                   claim_timeout: float = run_folder.DEFAULT_CLAIM_TIMEOUT) -> dict:
+    """Every run of one (combination of a) config into `directory` that no other worker holds, resuming
+    finished and interrupted runs; returns the summary of what is on disk afterwards. `train` (default
+    train_run) trains one run: train(cfg, run, seed, run_dir, stop_event=...) -> metrics."""
+    train = train or train_run
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    run_folder.atomic_write_text(directory / run_folder.CONFIG, run_folder.config_yaml(cfg))
+    try:
+        for run, seed in enumerate(cfg.seeds()):
+            _run_once(cfg, directory, run, seed, train, stop_event, claim_timeout)
+    except KeyboardInterrupt:
+        refresh_summary(cfg, directory)  # what was finished before the interrupt
+        raise
+    return refresh_summary(cfg, directory)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Summaries
 # --------------------------------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
-
-
-def summarize(cfg: ExperimentConfig, runs: dict[int, dict]) -> dict:
+def summarize(cfg: ExperimentConfig, runs: dict[int, dict], in_progress: int = 0) -> dict:
     """Mean, std, min, max over the finished, successful runs; failed runs are counted apart."""
     ok = [runs[i] for i in sorted(runs) if runs[i]["status"] == "ok"]
     failed = [runs[i] for i in sorted(runs) if runs[i]["status"] != "ok"]
     paper = PAPER_RESULTS.get(cfg.paper) if cfg.paper else None
+    stats = run_folder.summary_statistics
     return {
         "name": cfg.name,
-        "config_hash": config_lib.config_hash(cfg),
+        "config_hash": run_folder.config_hash(cfg),
+        "identity": run_folder.identity(cfg),
         "runs_planned": cfg.runs,
         "runs_finished": len(ok),
         "runs_failed": len(failed),
+        "runs_in_progress": in_progress,
+        "complete": len(ok) + len(failed) == cfg.runs,
         "failed": [{"run": r["run"], "seed": r["seed"], "message": r.get("message", "")} for r in failed],
-        "test_accuracy_percent": _stats([100.0 * r["test_accuracy"] for r in ok]),
-        "remaining_percent": _stats([r["remaining_percent"] for r in ok]),
-        "remaining_weights": _stats([float(r["remaining_weights"]) for r in ok]),
+        "test_accuracy_percent": stats([100.0 * r["test_accuracy"] for r in ok]),
+        "remaining_percent": stats([r["remaining_percent"] for r in ok]),
+        "remaining_weights": stats([r["remaining_weights"] for r in ok]),
         "total_weights": ok[0]["total_weights"] if ok else None,
-        "seconds_per_epoch": _stats([r["seconds_per_epoch"] for r in ok]),
+        "seconds_per_epoch": stats([r["seconds_per_epoch"] for r in ok]),
         "paper": None if paper is None else {
             "row": cfg.paper, "test_accuracy_percent": paper.accuracy, "accuracy_interval": paper.accuracy_interval,
             "remaining_percent": paper.remaining_percent, "remaining_interval": paper.remaining_interval,
@@ -337,10 +325,11 @@ def _fmt(stats: dict, digits: int = 2) -> str:
 
 def summary_markdown(summary: dict) -> str:
     acc, rem, count = summary["test_accuracy_percent"], summary["remaining_percent"], summary["remaining_weights"]
+    progress = f", in progress in other workers: {summary['runs_in_progress']}" if summary["runs_in_progress"] else ""
     lines = [
         f"# {summary['name']} ({summary['config_hash']})", "",
-        f"runs finished: {summary['runs_finished']} of {summary['runs_planned']}, failed: {summary['runs_failed']}",
-        "", "| metric | measured mean ± std [min, max] | paper |", "|---|---|---|",
+        f"runs finished: {summary['runs_finished']} of {summary['runs_planned']}, failed: {summary['runs_failed']}"
+        f"{progress}", "", "| metric | measured mean ± std [min, max] | paper |", "|---|---|---|",
     ]
     paper = summary.get("paper") or {}
 
@@ -360,33 +349,41 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(directory: Path, summary: dict) -> None:
-    atomic_write_json(directory / "summary.json", summary)
-    atomic_write_text(directory / "summary.md", summary_markdown(summary))
+def refresh_summary(cfg: ExperimentConfig, directory: Path) -> dict:
+    """Recompute the summary from the runs on disk and write summary.json / .md, under the folder lock: workers
+    never interleave, and whichever writes last saw every run finished before it."""
+    directory = Path(directory)
+    with run_folder.folder_lock(directory):
+        done = {run: m for run, m in run_folder.finished_runs(directory).items() if run < cfg.runs}
+        claimed = sum(run_folder.claim_path(directory, run).exists() for run in range(cfg.runs) if run not in done)
+        summary = summarize(cfg, done, claimed)
+        run_folder.atomic_write_json(directory / run_folder.SUMMARY_JSON, summary)
+        run_folder.atomic_write_text(directory / run_folder.SUMMARY_MD, summary_markdown(summary))
+    return summary
 
 
-def comparison_rows(results: list[tuple[dict, dict]]) -> list[dict]:
+def comparison_rows(results: list[tuple[dict, dict, Path]]) -> list[dict]:
     """One row per sweep combination: its keys, then mean ± std accuracy and remaining weights."""
     rows = []
-    for combo, summary in results:
+    for combo, summary, directory in results:
         acc, rem = summary["test_accuracy_percent"], summary["remaining_percent"]
-        rows.append({**{config_lib.short_keys(combo)[k]: v for k, v in combo.items()},
+        rows.append({**{run_folder.short_keys(combo)[k]: v for k, v in combo.items()},
                      "runs": summary["runs_finished"], "failed": summary["runs_failed"],
                      "accuracy_mean": acc["mean"], "accuracy_std": acc["std"],
-                     "remaining_mean": rem["mean"], "remaining_std": rem["std"],
-                     "directory": summary.get("directory", "")})
+                     "remaining_mean": rem["mean"], "remaining_std": rem["std"], "directory": str(directory)})
     return rows
 
 
-def write_comparison(path_stem: Path, results: list[tuple[dict, dict]]) -> str:
+def comparison_table(results: list[tuple[dict, dict, Path]]) -> tuple[str, str]:
+    """(CSV, markdown) of a sweep: one row per combination with its keys, runs, failures, and mean ± std of the
+    test accuracy and remaining weights."""
     rows = comparison_rows(results)
     if not rows:
-        return ""
+        return "", ""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path_stem.with_suffix(".csv"), buffer.getvalue())
     keys = [k for k in rows[0] if k not in ("runs", "failed", "accuracy_mean", "accuracy_std", "remaining_mean",
                                             "remaining_std", "directory")]
     lines = ["| " + " | ".join(keys) + " | runs | failed | test accuracy % | remaining weights % |",
@@ -394,26 +391,45 @@ def write_comparison(path_stem: Path, results: list[tuple[dict, dict]]) -> str:
     for row in rows:
         acc = "–" if row["accuracy_mean"] is None else f"{row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f}"
         rem = "–" if row["remaining_mean"] is None else f"{row['remaining_mean']:.2f} ± {row['remaining_std']:.2f}"
-        lines.append("| " + " | ".join(str(row[k]) for k in keys) + f" | {row['runs']} | {row['failed']} | {acc} | "
-                     f"{rem} |")
-    text = "\n".join(lines) + "\n"
-    atomic_write_text(path_stem.with_suffix(".md"), text)
-    return text
+        lines.append("| " + " | ".join(str(row[k]) for k in keys) + f" | {row['runs']} | {row['failed']} | "
+                     f"{acc} | {rem} |")
+    return buffer.getvalue(), "\n".join(lines) + "\n"
+
+
+def write_comparison(cfg: ExperimentConfig, combos) -> str:
+    """The sweep's comparison table (<output_dir>/<name>-sweep.md and .csv), recomputed from the runs on disk under
+    the lock of the sweep's folder; returns the markdown."""
+    stem = run_folder.sweep_table_stem(cfg)
+    with run_folder.folder_lock(Path(cfg.output_dir) / cfg.name):
+        results = []
+        for combo, child, _ in combos:
+            directory = run_folder.results_dir(child, combo)
+            done = {run: m for run, m in run_folder.finished_runs(directory).items() if run < child.runs}
+            results.append((combo, summarize(child, done), directory))
+        table_csv, table_md = comparison_table(results)
+        if table_md:
+            run_folder.atomic_write_text(stem.with_suffix(".csv"), table_csv)
+            run_folder.atomic_write_text(stem.with_suffix(".md"), table_md)
+    return table_md
 
 
 # --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Run the experiments of a signed-Supermask config.")
+    p = argparse.ArgumentParser(description="Run the experiments of a signed-Supermask config. Start the same "
+                                            "command several times on one --out to share the runs between workers.")
     p.add_argument("config", help="YAML config, e.g. configs/fcn.yaml")
     p.add_argument("--runs", type=int, help="number of runs (seeds base_seed + i)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.optimizer.learning_rate=0.01 (repeatable)")
     p.add_argument("--out", help="results root (config key output_dir)")
-    p.add_argument("--data-source", choices=config_lib.SOURCES, help="data.source")
-    p.add_argument("--data-dir", help="data.data_dir, e.g. ../shared/data for --data-source local")
+    p.add_argument("--data-source", choices=data_preprocessor.SOURCES, help="data.source")
+    p.add_argument("--data-dir", help="data.data_dir, e.g. ~/datasets for --data-source local")
     p.add_argument("--epochs", type=int, help="training.epochs (e.g. 1 for a smoke run)")
+    p.add_argument("--claim-timeout", type=float, default=run_folder.DEFAULT_CLAIM_TIMEOUT, metavar="SECONDS",
+                   help="take over a run whose worker sent no heartbeat for this long (default "
+                        f"{run_folder.DEFAULT_CLAIM_TIMEOUT:.0f}; a dead worker on this host at once)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, build the model(s), print the per-layer summary and the parameter count; "
                         "no data, no training")
@@ -423,7 +439,7 @@ def parse_args(argv=None):
 def setup_logging(log_file: Path | None = None) -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s", "%H:%M:%S")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
         console = logging.StreamHandler(sys.stderr)
@@ -443,10 +459,10 @@ def dry_run(combos) -> int:
     from custom_layers import count_parameters, masked_layers
 
     for combo, cfg, _ in combos:
-        model = build_run_model(cfg, cfg.base_seed, 0)
-        label = config_lib.combo_label(combo) if combo else cfg.name
+        model = run_folder.build_run_model(cfg, cfg.base_seed, 0)
+        label = run_folder.combo_label(combo) if combo else cfg.name
         print(f"== {label}: {cfg.model.architecture} on {cfg.data.dataset}, mask_mode {cfg.model.mask_mode}, "
-              f"-> {config_lib.results_dir(cfg, combo)}")
+              f"-> {run_folder.results_dir(cfg, combo)}")
         masked = {layer.name for layer in masked_layers(model)}
         for layer in model.layers:
             kernel = getattr(layer, "kernel", None)
@@ -461,6 +477,11 @@ def dry_run(combos) -> int:
     return 0
 
 
+def _error(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -472,43 +493,44 @@ def main(argv=None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
-    from data_preprocessor import DataUnavailableError
-    from weight_initializer import WeightsFileMismatch
-
     if args.dry_run:
         try:
             return dry_run(combos)
-        except WeightsFileMismatch as exc:
-            print(f"error: model.weights_file / model.masks_file: {exc}", file=sys.stderr)
-            return 2
+        except run_folder.WeightsFileMismatch as exc:
+            return _error(f"model.weights_file / model.masks_file: {exc}", 2)
 
-    results = []
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    stop = StopRequest()
+    stop.install()
+    summaries = []
     try:
         for combo, child, _ in combos:
-            directory = config_lib.results_dir(child, combo)
-            setup_logging(directory / "looper.log")
-            summary = run_experiment(child, directory)
-            summary["directory"] = str(directory)
-            results.append((combo, summary))
+            if stop.event.is_set():
+                break
+            directory = run_folder.results_dir(child, combo)
+            setup_logging(directory / run_folder.LOG)
+            summary = run_experiment(child, directory, stop_event=stop.event, claim_timeout=args.claim_timeout)
+            summaries.append(summary)
             print(summary_markdown(summary))
-    except DataUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except WeightsFileMismatch as exc:
-        print(f"error: model.weights_file / model.masks_file: {exc}", file=sys.stderr)
-        return 2
+    except data_preprocessor.DataUnavailableError as exc:
+        return _error(str(exc), 2)
+    except run_folder.WeightsFileMismatch as exc:
+        return _error(f"model.weights_file / model.masks_file: {exc}", 2)
     except KeyboardInterrupt:
+        stop.event.set()
+    except OSError as exc:  # a full disk, a read-only folder, ...: everything finished before is intact
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _error(f"could not write the results{where}: {exc.strerror or exc}; finished runs are intact, run "
+                      f"the same command again to resume", 1)
+    if stop.event.is_set():
         print("interrupted: finished runs are saved; run the same command again to resume", file=sys.stderr)
-        return 130
+        return stop.exit_code
     if cfg.sweep is not None:
-        table = write_comparison(Path(cfg.output_dir) / f"{cfg.name}-sweep", results)
-        print(table)
+        print(write_comparison(cfg, combos))
+    elsewhere = sum(s["runs_in_progress"] for s in summaries)
+    if elsewhere:
+        print(f"{elsewhere} run(s) are being trained by other workers; the last to finish writes the complete "
+              f"summary")
     return 0
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

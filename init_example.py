@@ -13,13 +13,11 @@ A config then starts every method from identical initialisations with
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import config as config_lib  # noqa: E402
+import config as config_lib
+import run_folder
 
 
 def main(argv=None) -> int:
@@ -36,14 +34,11 @@ def main(argv=None) -> int:
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
 
-    from experiment_looper import build_run_model
-    from weight_initializer import save_weights_npz
-
     out = Path(args.out)
     for run, seed in enumerate(cfg.seeds()):
-        model = build_run_model(cfg, seed, run)
-        path = out / f"run_{run:03d}.npz"
-        save_weights_npz(model, path)
+        model = run_folder.build_run_model(cfg, seed, run)
+        path = out / f"{run_folder.run_name(run)}.npz"
+        run_folder.save_weights_npz(model, path)
         print(f"{path}: {cfg.model.architecture}, seed {seed}")
     return 0
 

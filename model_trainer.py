@@ -1,42 +1,54 @@
 """Training of Supermask and baseline models with Keras 3 `fit`: optimisers, learning-rate schedules, the
-authors' reduce-on-plateau, per-epoch records (test metrics, learning rate, remaining weights) and a NaN guard.
+authors' reduce-on-plateau, per-epoch records (test metrics, learning rate, remaining weights), a NaN guard,
+TensorBoard mask images, epoch checkpoints that a killed run resumes from, and a stop request.
 
-Optimisers (paper.md section 4.1). The authors train with tfa's SGDW, which applies *decoupled* weight decay as
+Optimisers (docs/paper_notes.md, "Training"). The authors train with tfa's SGDW, which applies *decoupled*
+weight decay as
 
     var <- var - wd_t * var,      wd_t = wd0 * lr_t / lr0       (wd follows the learning-rate schedule)
 
 before the Nesterov-momentum step, on every trainable variable (the masks, and learned BN gamma/beta). Keras 3's
-SGD(weight_decay=lambda) applies, in `BaseOptimizer._backend_apply_gradients`, first
-`var <- var - lambda * lr_t * var` (`_apply_weight_decay`, with lr_t evaluated at the current `iterations`) and then
-the momentum step with the same lr_t and the gradient computed before the update. So lambda = wd0 / lr0 reproduces
-SGDW exactly, for every schedule and also when the plateau callback scales the learning rate (wd follows).
+SGD(weight_decay=lambda) applies first `var <- var - lambda * lr_t * var` (lr_t evaluated at the current
+`iterations`) and then the momentum step with the same lr_t and the gradient computed before the update. So
+lambda = wd0 / lr0 reproduces SGDW exactly, for every schedule and also when the plateau callback scales the
+learning rate (wd follows).
 
-Schedules: `exponential_decay` (lr0 * rate ** (step / (decay_epochs * steps_per_epoch)), paper.md 4.2),
-`cosine_decay` (over all training steps), `constant`, and `plateau` (constant lr changed by `PaperPlateau`, the
-authors' ResNet schedule of paper.md 4.3, monitoring the *training* loss).
+Schedules: `exponential_decay` (lr0 * rate ** (step / (decay_epochs * steps_per_epoch))), `cosine_decay` (over
+all training steps), `constant`, and `plateau` (constant lr changed by `PaperPlateau`, the authors' ResNet
+schedule, monitoring the *training* loss). The specs (`OptimizerSpec`, `ScheduleSpec`) live in hparams.
 
-`train(model, data, ...)` compiles (unless told not to), fits with `verbose=0`, evaluates the test set at every
-epoch end and returns a `TrainResult` whose `history` has one JSON-serialisable dict per epoch.
+`train(model, data, ...)` compiles (unless told not to), fits with `verbose=0` from `data.train_from(epoch)`,
+evaluates the test set at every epoch end and returns a `TrainResult` whose `history` has one JSON-serialisable
+dict per epoch. With `checkpoint=PATH` it writes the whole training state at the end of every
+`checkpoint_every`-th epoch (atomically) and, when PATH exists, resumes from it: a run killed at any moment ends
+with exactly the metrics, masks and history of an uninterrupted one (under op determinism: bit for bit).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from custom_layers import count_parameters, kernel_layers, mask_statistics, masked_layers
+from custom_layers import mask_statistics, masked_layers
+from data_preprocessor import LABEL_FORMATS
+from hparams import OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgdw", "sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("exponential_decay", "cosine_decay", "plateau", "constant")
-LABEL_FORMATS = ("one_hot", "sparse")
+__all__ = ["OptimizerSpec", "ScheduleSpec", "TrainResult", "make_learning_rate", "make_optimizer",
+           "compile_model", "prepare_model", "current_learning_rate", "effective_weight_decay", "StopOnNonFinite",
+           "EpochRecorder", "EpochProgress", "PaperPlateau", "MaskImageCallback", "StopOnRequest",
+           "EpochCheckpoint", "CheckpointError", "read_checkpoint", "train"]
+
 HISTORY_KEYS = (
     "epoch", "loss", "accuracy", "test_loss", "test_accuracy", "learning_rate", "weight_decay_effective",
     "seconds", "remaining_percent", "remaining_weights", "total_weights", "layers",
@@ -44,102 +56,23 @@ HISTORY_KEYS = (
 # History entries that EpochRecorder also writes into the epoch's logs, for callbacks placed after it.
 LOG_KEYS = ("test_loss", "test_accuracy", "learning_rate", "weight_decay_effective", "remaining_percent",
             "remaining_weights")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Specifications
-# --------------------------------------------------------------------------------------------------------------
-def _finite(value) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSpec:
-    """An optimiser. `weight_decay` is the authors' per-step decoupled decay at the *initial* learning rate
-    (SGDW's `var -= wd * var`); it is used by `sgdw` and `adamw` only, and follows the learning-rate schedule."""
-
-    name: str = "sgdw"
-    learning_rate: float = 0.05
-    momentum: float = 0.9  # sgd / sgdw / rmsprop
-    nesterov: bool = True  # sgd / sgdw
-    weight_decay: float = 5e-4  # 0 disables
-
-    def __post_init__(self):
-        if self.name not in OPTIMIZERS:
-            raise ValueError(f"OptimizerSpec.name must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
-        if not _finite(self.learning_rate) or float(self.learning_rate) <= 0:
-            raise ValueError(f"OptimizerSpec.learning_rate must be a finite number > 0; got {self.learning_rate!r}")
-        if not _finite(self.momentum) or not 0.0 <= float(self.momentum) < 1.0:
-            raise ValueError(f"OptimizerSpec.momentum must be in [0, 1); got {self.momentum!r}")
-        if not isinstance(self.nesterov, (bool, np.bool_)):
-            raise ValueError(f"OptimizerSpec.nesterov must be True or False; got {self.nesterov!r}")
-        if not _finite(self.weight_decay) or float(self.weight_decay) < 0:
-            raise ValueError(f"OptimizerSpec.weight_decay must be a finite number >= 0; got {self.weight_decay!r}")
-
-    @property
-    def decoupled(self) -> bool:
-        """Whether this optimiser applies the decoupled weight decay."""
-        return self.name in ("sgdw", "adamw")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleSpec:
-    """A learning-rate schedule; the fields of the other schedules are ignored.
-
-    exponential_decay: lr0 * decay_rate ** (step / (decay_epochs * steps_per_epoch)), continuous unless staircase.
-    cosine_decay:      keras CosineDecay over all training steps (epochs * steps_per_epoch), final fraction alpha.
-    constant:          lr0.
-    plateau:           lr0, reduced by `PaperPlateau` (patience, factor, cooldown, start_epoch, max_reductions,
-                       min_delta; see that class).
-    """
-
-    name: str = "exponential_decay"
-    decay_epochs: float = 10.0
-    decay_rate: float = 0.9
-    staircase: bool = False
-    alpha: float = 0.0
-    patience: int = 15
-    factor: float = 0.2
-    cooldown: int = 10
-    start_epoch: int = 10
-    max_reductions: int = 5
-    min_delta: float = 1e-4
-
-    def __post_init__(self):
-        def fail(field, allowed):
-            raise ValueError(f"ScheduleSpec.{field} must be {allowed}; got {getattr(self, field)!r}")
-
-        if self.name not in SCHEDULES:
-            fail("name", "one of " + ", ".join(SCHEDULES))
-        if not _finite(self.decay_epochs) or float(self.decay_epochs) <= 0:
-            fail("decay_epochs", "a finite number > 0")
-        if not _finite(self.decay_rate) or not 0.0 < float(self.decay_rate) <= 1.0:
-            fail("decay_rate", "in (0, 1]")
-        if not isinstance(self.staircase, (bool, np.bool_)):
-            fail("staircase", "True or False")
-        if not _finite(self.alpha) or not 0.0 <= float(self.alpha) <= 1.0:
-            fail("alpha", "in [0, 1]")
-        for field, low in (("patience", 3), ("cooldown", 0), ("start_epoch", 0), ("max_reductions", 1)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                fail(field, f"an integer >= {low}")
-        if not _finite(self.factor) or not 0.0 < float(self.factor) < 1.0:
-            fail("factor", "in (0, 1)")
-        if not _finite(self.min_delta) or float(self.min_delta) < 0:
-            fail("min_delta", "a finite number >= 0")
+CHECKPOINT_FORMAT = "signed-supermask-checkpoint"
+CHECKPOINT_VERSION = 1
+# Colours of the three mask states in images (RGB, 0-255): kept (+1), inverted (-1), hidden (0).
+KEPT_RGB = (33, 102, 172)
+INVERTED_RGB = (178, 24, 43)
+HIDDEN_RGB = (255, 255, 255)
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `train` returns. `history` has one dict per (possibly partial) epoch; see `EpochRecorder`."""
+    """What `train` returns. `history` has one dict per epoch (the last one marked partial after a NaN stop)."""
 
     history: list[dict]
     status: str  # "ok" or "failed"
     message: str = ""  # why it failed, or why training stopped early
-    seconds: float = 0.0
+    seconds: float = 0.0  # training time, the sessions before a resume included
+    resumed_from: int = 0  # epochs restored from the checkpoint
 
     @property
     def final(self) -> dict:
@@ -221,7 +154,8 @@ def prepare_model(model, *, optimizer: OptimizerSpec = OptimizerSpec(), schedule
 
 
 def _base_optimizer(optimizer):
-    """The optimiser that owns learning rate and weight decay (unwraps a LossScaleOptimizer)."""
+    """The optimiser that owns learning rate and weight decay (a LossScaleOptimizer wraps it as
+    `inner_optimizer`, a public attribute)."""
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
@@ -240,38 +174,6 @@ def effective_weight_decay(optimizer, learning_rate: float | None = None) -> flo
     return float(decay) * lr
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Statistics
-# --------------------------------------------------------------------------------------------------------------
-def epoch_statistics(model) -> dict:
-    """remaining_percent, remaining_weights, total_weights and per-layer {kept, inverted, hidden, total,
-    remaining_percent} as plain Python numbers.
-
-    A model with masked layers: `custom_layers.mask_statistics` (masked layers only, first and last included). A
-    model without: every Dense / Conv2D kernel counts as kept, 100 %.
-    """
-    if masked_layers(model):
-        stats = mask_statistics(model)
-    else:
-        layers = {}
-        for layer in kernel_layers(model):
-            size = int(np.prod(layer.kernel.shape))
-            layers[layer.name] = {"kept": size, "inverted": 0, "hidden": 0, "total": size}
-        total = count_parameters(model)
-        stats = {"remaining_percent": 100.0, "remaining_weights": total, "total_weights": total, "layers": layers}
-        for counts in layers.values():
-            counts["remaining_percent"] = 100.0
-    return {
-        "remaining_percent": float(stats["remaining_percent"]),
-        "remaining_weights": int(stats["remaining_weights"]),
-        "total_weights": int(stats["total_weights"]),
-        "layers": {
-            str(name): {k: (float(v) if k == "remaining_percent" else int(v)) for k, v in counts.items()}
-            for name, counts in stats["layers"].items()
-        },
-    }
-
-
 def _number(value):
     """A plain Python float from a log value (None stays None)."""
     if value is None:
@@ -282,8 +184,8 @@ def _number(value):
 # --------------------------------------------------------------------------------------------------------------
 # Callbacks
 # --------------------------------------------------------------------------------------------------------------
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops training as soon as a batch's logged loss is NaN or inf, and records where.
+class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+    """keras.callbacks.TerminateOnNaN that also records where the loss became NaN or inf.
 
     Keras logs the running mean of the epoch's loss, so a non-finite batch loss shows at the batch where it
     happens. `epoch` and `batch` are 1-based; `step` counts the steps of this fit up to that batch.
@@ -292,9 +194,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
     # Batch hooks run on Keras' callback thread (async dispatch): the check never blocks the training loop.
     async_safe = True
 
-    def __init__(self, monitor: str = "loss"):
+    def __init__(self):
         super().__init__()
-        self.monitor = monitor
         self.triggered = False
         self.epoch: int | None = None
         self.batch: int | None = None
@@ -309,10 +210,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = int(epoch) + 1
 
-    def on_train_batch_end(self, batch, logs=None):
-        if self.triggered or not logs or self.monitor not in logs:
+    def on_batch_end(self, batch, logs=None):
+        if self.triggered or not logs or logs.get("loss") is None:
             return
-        value = _number(logs[self.monitor])
+        value = _number(logs["loss"])
         if math.isfinite(value):
             return
         self.triggered = True
@@ -320,14 +221,30 @@ class StopOnNonFinite(keras.callbacks.Callback):
         # The hook may run on Keras' callback thread, after later steps began: count the step, don't read it.
         self.step = (self.epoch - 1) * int((self.params or {}).get("steps") or 0) + self.batch
         log.warning("%s", self.message)
-        self.model.stop_training = True
+        super().on_batch_end(batch, logs)  # stop_training = True
 
     @property
     def message(self) -> str:
         if not self.triggered:
             return ""
-        return (f"{self.monitor} became {self.value} at epoch {self.epoch}, batch {self.batch} "
-                f"(step {self.step})")
+        return f"loss became {self.value} at epoch {self.epoch}, batch {self.batch} (step {self.step})"
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Ends `fit` after the current step once `event` (a threading.Event) is set: the looper sets it from its
+    SIGINT / SIGTERM handler, so an interrupt is never lost in whatever the main thread was doing."""
+
+    async_safe = True
+
+    def __init__(self, event: threading.Event):
+        super().__init__()
+        self.event = event
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.event.is_set():
+            self.model.stop_training = True
+
+    on_epoch_begin = on_epoch_end = on_train_batch_end
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -337,11 +254,12 @@ class EpochRecorder(keras.callbacks.Callback):
         value at the optimiser's current `iterations`, i.e. the one in use at the end of the epoch),
         weight_decay_effective (weight_decay_param * learning_rate; 0 without decoupled decay), seconds (wall time
         of the epoch, test evaluation included), steps (global optimiser steps so far), batches (batches in this
-        epoch), partial (True when the epoch was cut short by `stopper`), and epoch_statistics(model).
+        epoch), partial (True when the epoch was cut short by `stopper`), and custom_layers.mask_statistics.
 
     Test metrics come from fit's validation logs (`val_loss`, `val_accuracy`); without them and with `test_data`
     given, the recorder evaluates `test_data` itself. The `LOG_KEYS` entries are also written into the epoch's
-    `logs`, so callbacks placed after this one can monitor e.g. `test_accuracy` or `remaining_percent`. The mask statistics are computed here, once per epoch, outside the train step.
+    `logs`, so callbacks placed after this one can monitor e.g. `test_accuracy` or `remaining_percent`. The mask
+    statistics are computed here, once per epoch, outside the train step.
     """
 
     async_safe = True  # its batch hook only counts batches: keep Keras' async dispatch
@@ -379,10 +297,11 @@ class EpochRecorder(keras.callbacks.Callback):
             "weight_decay_effective": effective_weight_decay(optimizer, lr),
             "steps": int(keras.ops.convert_to_numpy(optimizer.iterations)),
             "batches": int(self._batches),
-            "partial": bool(self.stopper is not None and self.stopper.triggered
-                            and self.stopper.epoch == int(epoch) + 1),
+            "partial": bool((self.stopper is not None and self.stopper.triggered
+                             and self.stopper.epoch == int(epoch) + 1)
+                            or self._batches < int((self.params or {}).get("steps") or 0)),
         }
-        record.update(epoch_statistics(self.model))
+        record.update(mask_statistics(self.model))
         record["seconds"] = float(time.perf_counter() - self._start)
         self.history.append(record)
         for key in LOG_KEYS:
@@ -424,7 +343,7 @@ class EpochProgress(keras.callbacks.Callback):
 
 
 class PaperPlateau(keras.callbacks.Callback):
-    """The authors' reduce-on-plateau of the ResNet runs (paper.md 4.3), on the training loss.
+    """The authors' reduce-on-plateau of the ResNet runs (docs/paper_notes.md), on the training loss.
 
     At the end of every epoch the monitored loss is appended to a list. Checks begin once `start_epoch` epochs
     are complete (the authors test `epoch >= 10` on a 0-based epoch counter, so with start_epoch=10 the first check
@@ -439,25 +358,17 @@ class PaperPlateau(keras.callbacks.Callback):
       training stops (`model.stop_training = True`).
 
     `reduction_epochs` lists the (1-based) epochs of the reductions; the optimiser's learning rate must be a
-    float / variable (schedule 'plateau' or 'constant'), not a LearningRateSchedule.
+    variable (schedule 'plateau' or 'constant'), not a LearningRateSchedule. `state()` / `restore(state)` carry
+    the counters through a checkpoint.
     """
 
-    def __init__(self, patience: int = 15, factor: float = 0.2, cooldown: int = 10, start_epoch: int = 10,
-                 max_reductions: int = 5, min_delta: float = 1e-4, monitor: str = "loss"):
+    STATE = ("losses", "wait", "cooldown_counter", "reductions", "reduction_epochs", "stopped_epoch")
+
+    def __init__(self, spec: ScheduleSpec = ScheduleSpec(name="plateau"), monitor: str = "loss"):
         super().__init__()
-        # Validate through ScheduleSpec so that the limits live in one place.
-        ScheduleSpec(name="plateau", patience=patience, factor=factor, cooldown=cooldown, start_epoch=start_epoch,
-                     max_reductions=max_reductions, min_delta=min_delta)
-        self.patience, self.factor, self.cooldown = int(patience), float(factor), int(cooldown)
-        self.start_epoch, self.max_reductions, self.min_delta = int(start_epoch), int(max_reductions), float(min_delta)
+        self.spec = spec  # validated by hparams: the limits live in one place
         self.monitor = monitor
         self.reset()
-
-    @classmethod
-    def from_spec(cls, schedule: ScheduleSpec, monitor: str = "loss") -> PaperPlateau:
-        return cls(patience=schedule.patience, factor=schedule.factor, cooldown=schedule.cooldown,
-                   start_epoch=schedule.start_epoch, max_reductions=schedule.max_reductions,
-                   min_delta=schedule.min_delta, monitor=monitor)
 
     def reset(self):
         self.losses: list[float] = []
@@ -467,59 +378,249 @@ class PaperPlateau(keras.callbacks.Callback):
         self.reduction_epochs: list[int] = []
         self.stopped_epoch: int | None = None
 
+    def state(self) -> dict:
+        return {key: getattr(self, key) for key in self.STATE}
+
+    def restore(self, state: dict) -> None:
+        for key in self.STATE:
+            setattr(self, key, state[key])
+
     def on_train_begin(self, logs=None):
-        base = _base_optimizer(self.model.optimizer)
-        if isinstance(getattr(base, "_learning_rate", None), keras.optimizers.schedules.LearningRateSchedule):
+        if not isinstance(_base_optimizer(self.model.optimizer).learning_rate, keras.Variable):
             raise ValueError("PaperPlateau needs a constant learning rate (schedule 'plateau'), not a "
-                             f"{type(base._learning_rate).__name__}")
+                             "LearningRateSchedule")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
             log.warning("PaperPlateau: %r not in the epoch logs; skipped", self.monitor)
             return
+        spec = self.spec
         loss = float(np.asarray(logs[self.monitor]))
         self.losses.append(loss)
-        if int(epoch) < self.start_epoch:
+        if int(epoch) < spec.start_epoch:
             return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             return
-        window = self.losses[-(self.patience - 1):-1]  # the previous (patience - 2) epochs
-        if not window or loss + self.min_delta < min(window):
+        window = self.losses[-(spec.patience - 1):-1]  # the previous (patience - 2) epochs
+        if not window or loss + spec.min_delta < min(window):
             return
         self.wait += 1
-        if self.wait <= self.patience:
+        if self.wait <= spec.patience:
             return
         optimizer = _base_optimizer(self.model.optimizer)
         old = current_learning_rate(optimizer)
-        optimizer.learning_rate = old * self.factor
+        optimizer.learning_rate = old * spec.factor
         new = current_learning_rate(optimizer)
         self.reductions += 1
         self.reduction_epochs.append(int(epoch) + 1)
-        self.cooldown_counter = self.cooldown
+        self.cooldown_counter = spec.cooldown
         log.info("PaperPlateau: epoch %d, loss %.5g did not improve on %.5g (wait %d > patience %d): "
                  "learning rate %.5g -> %.5g (reduction %d of %d)", int(epoch) + 1, loss, min(window), self.wait,
-                 self.patience, old, new, self.reductions, self.max_reductions)
-        if self.reductions >= self.max_reductions:
+                 spec.patience, old, new, self.reductions, spec.max_reductions)
+        if self.reductions >= spec.max_reductions:
             self.stopped_epoch = int(epoch) + 1
             log.info("PaperPlateau: %d reductions made; stopping after epoch %d", self.reductions, int(epoch) + 1)
             self.model.stop_training = True
+
+
+def mask_to_2d(mask: np.ndarray) -> np.ndarray:
+    """A kernel-shaped mask as 2-D (inputs x outputs): (n_in, n_out) stays, (kh, kw, c_in, c_out) ->
+    (kh*kw*c_in, c_out)."""
+    mask = np.asarray(mask)
+    if mask.ndim < 2:
+        return mask.reshape(1, -1)
+    return mask.reshape(-1, mask.shape[-1])
+
+
+def mask_image(mask: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image (rows = inputs, columns = outputs) of an effective mask: +1 KEPT_RGB (blue), -1
+    INVERTED_RGB (red), 0 HIDDEN_RGB (white)."""
+    mask = mask_to_2d(mask)
+    image = np.empty(mask.shape + (3,), np.uint8)
+    image[...] = HIDDEN_RGB
+    image[mask > 0] = KEPT_RGB
+    image[mask < 0] = INVERTED_RGB
+    return image
+
+
+class MaskImageCallback(keras.callbacks.Callback):
+    """At every epoch end, TensorBoard summaries (tf.summary.scalar / tf.summary.image) into `log_dir/<subdir>`
+    (default `log_dir/masks`, next to the train/ and validation/ runs of keras.callbacks.TensorBoard), at
+    step = epoch (0-based, as the stock callback):
+
+        remaining/global          remaining weights % (custom_layers.mask_statistics)
+        remaining/<layer>         the layer's remaining weights %
+        inverted/<layer>          the layer's inverted weights % (of its size)
+        masks/<layer>             image of the layer's effective mask (mask_image: rows inputs, columns outputs;
+                                  +1 blue, -1 red, 0 white), every `image_every` epochs
+
+    A model without masked layers writes nothing.
+    """
+
+    def __init__(self, log_dir, *, subdir: str | None = "masks", image_every: int = 1):
+        super().__init__()
+        self.log_dir = Path(log_dir) / subdir if subdir else Path(log_dir)
+        self.image_every = max(1, int(image_every))
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        layers = masked_layers(self.model)
+        if not layers:
+            return
+        if self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        stats = mask_statistics(self.model)
+        step = int(epoch)
+        with self._writer.as_default():
+            tf.summary.scalar("remaining/global", stats["remaining_percent"], step=step)
+            for name, counts in stats["layers"].items():
+                tf.summary.scalar(f"remaining/{name}", counts["remaining_percent"], step=step)
+                tf.summary.scalar(f"inverted/{name}", 100.0 * counts["inverted"] / max(1, counts["total"]),
+                                  step=step)
+            if step % self.image_every == 0:
+                for layer in layers:
+                    image = mask_image(keras.ops.convert_to_numpy(layer.effective_mask()))
+                    tf.summary.image(f"masks/{layer.name}", image[None], step=step)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model (the run is then redone from epoch 1)."""
+
+
+def _saved_model_variables(model) -> list:
+    """The model variables a checkpoint holds: all but the frozen kernels of masked layers, which the run's seed
+    (or its weights file) regenerates exactly."""
+    frozen = {id(layer.kernel) for layer in masked_layers(model)}
+    return [v for v in model.variables if id(v) not in frozen]
+
+
+def checkpoint_arrays(model, history: list[dict], extra_state: dict) -> dict[str, np.ndarray]:
+    """Everything that shapes the rest of a run, as named arrays (see `EpochCheckpoint`)."""
+    variables = _saved_model_variables(model)
+    optimizer = model.optimizer
+    arrays = {f"model/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
+    arrays.update({f"optimizer/{i:05d}": keras.ops.convert_to_numpy(v) for i, v in enumerate(optimizer.variables)})
+    state = {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epochs_done": len(history),
+        "history": history, "model_variables": [[v.name, list(v.shape)] for v in variables],
+        "optimizer_variables": [[v.name, list(v.shape)] for v in optimizer.variables], **extra_state,
+    }
+    arrays["state"] = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
+    return arrays
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(state, arrays) of a checkpoint file; CheckpointError if it is unreadable or not a checkpoint."""
+    import zipfile
+
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        state = json.loads(arrays.pop("state").tobytes().decode("utf-8"))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if state.get("format") != CHECKPOINT_FORMAT or int(state.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} of version <= {CHECKPOINT_VERSION}")
+    return state, arrays
+
+
+def restore_checkpoint(model, state: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Assign a checkpoint's variables to a compiled `model` and its optimizer; every shape is checked before
+    anything is assigned (CheckpointError on a mismatch)."""
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    plan = []
+    for prefix, variables, names in (("model", _saved_model_variables(model), state["model_variables"]),
+                                     ("optimizer", optimizer.variables, state["optimizer_variables"])):
+        if len(variables) != len(names):
+            raise CheckpointError(f"the checkpoint does not fit the model: {len(names)} {prefix} variables in the "
+                                  f"file, {len(variables)} in the model")
+        for i, (variable, (name, shape)) in enumerate(zip(variables, names)):
+            value = arrays.get(f"{prefix}/{i:05d}")
+            if value is None or tuple(value.shape) != tuple(variable.shape) or list(shape) != list(variable.shape):
+                raise CheckpointError(f"{prefix} variable {i} ({variable.name}, {tuple(variable.shape)}) does not fit "
+                                      f"the checkpoint's {name} {tuple(shape)}")
+            plan.append((variable, value))
+    for variable, value in plan:
+        variable.assign(value)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Writes the whole training state to one `.npz` at the end of every `every`-th complete epoch (and of the
+    last one), atomically (a temporary file renamed into place):
+
+        model/<i>       every model variable but the frozen kernels (masks, thresholds, BN weights and moving
+                        statistics, baseline kernels, RNG seed-generator states)
+        optimizer/<i>   every optimizer variable (iterations, learning rate, momentum, loss scale)
+        state           JSON: epochs done, the per-epoch history, the plateau schedule's counters, the seconds
+                        trained, the variable names and shapes (checked on restore)
+
+    The data order needs no state: epoch e's order is a pure function of (seed, e) (data_preprocessor).
+    An epoch cut short (a NaN stop, a stop request: `history[-1]["partial"]`) is never written.
+
+    keras.callbacks.BackupAndRestore does not fit here: it writes its weights file and its epoch counter as two
+    files, one after the other (a kill between them pairs weights of one epoch with the counter of another), it
+    resumes through the private `model._initial_epoch`, and it carries neither other callbacks' state (the
+    plateau's counters) nor the history.
+    """
+
+    def __init__(self, path, *, every: int = 1, epochs: int, history: list[dict], extra_state=None):
+        super().__init__()
+        self.path = Path(path)
+        self.every = int(every)
+        self.epochs = int(epochs)
+        self.history = history  # EpochRecorder's list: it runs before this callback
+        self.extra_state = extra_state or (lambda: {})
+        self.written_epochs: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = int(epoch) + 1
+        if not self.history or self.history[-1]["partial"]:
+            return
+        if self.every < 1 or (done % self.every and done != self.epochs and not self.model.stop_training):
+            return
+        from run_folder import atomic_savez
+
+        atomic_savez(self.path, checkpoint_arrays(self.model, self.history, self.extra_state()))
+        self.written_epochs.append(done)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------------------------
 def train(model, data, *, optimizer: OptimizerSpec = OptimizerSpec(), schedule: ScheduleSpec = ScheduleSpec(),
-          epochs: int = 100, jit_compile: bool = False, callbacks=(), verbose: int = 1,
-          compile: bool = True) -> TrainResult:
-    """Train `model` on `data` (a DataBundle or anything with .train, .test, .steps_per_epoch, .label_format).
+          epochs: int = 100, jit_compile: bool = False, callbacks=(), verbose: int = 1, compile: bool = True,
+          checkpoint=None, checkpoint_every: int = 1, stop_event: threading.Event | None = None) -> TrainResult:
+    """Train `model` on `data` (a data_preprocessor.DataBundle or anything with .train_from(epoch), .test,
+    .steps_per_epoch and .label_format).
 
     compile=True builds the optimiser from `optimizer` / `schedule` and compiles the model; compile=False uses
     the model as the caller compiled it (e.g. with `prepare_model` inside a strategy scope). The schedule
     'plateau' adds a `PaperPlateau` callback. verbose: 0 silent, 1 one line per epoch, 2 that line and Keras'
-    per-batch progress bar. Returns status "failed" (with the history so far, the last epoch marked partial) if
-    the training loss becomes NaN or inf.
+    per-batch progress bar.
+
+    checkpoint: a file path. When it exists, training resumes from it (`CheckpointError` if it does not fit);
+    otherwise it is written every `checkpoint_every` epochs (`EpochCheckpoint`). The caller removes it when the
+    run's results are saved. stop_event: once set, fit ends after the current step and `train` raises
+    KeyboardInterrupt (the checkpoint keeps the last complete epoch).
+
+    Returns status "failed" (with the history so far, the last epoch marked partial) if the training loss
+    becomes NaN or inf.
     """
     start = time.perf_counter()
     epochs = int(epochs)
@@ -535,25 +636,53 @@ def train(model, data, *, optimizer: OptimizerSpec = OptimizerSpec(), schedule: 
     stopper = StopOnNonFinite()
     recorder = EpochRecorder(history, stopper=stopper)
     internal: list[keras.callbacks.Callback] = [stopper, recorder]
+    if stop_event is not None:
+        internal.insert(0, StopOnRequest(stop_event))
     if verbose:
         internal.append(EpochProgress(history, epochs))
-    plateau = None
-    if schedule.name == "plateau":
-        plateau = PaperPlateau.from_spec(schedule)
+    plateau = PaperPlateau(schedule) if schedule.name == "plateau" else None
+    if plateau is not None:
         internal.append(plateau)
+    earlier_seconds, initial_epoch = 0.0, 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, arrays = read_checkpoint(checkpoint)
+        restore_checkpoint(model, state, arrays)
+        history.extend(state["history"])
+        if plateau is not None:
+            plateau.restore(state["plateau"])
+        earlier_seconds, initial_epoch = float(state.get("seconds", 0.0)), int(state["epochs_done"])
+        log.info("resumed from %s after epoch %d", checkpoint, initial_epoch)
+    writer = None
+    if checkpoint is not None and checkpoint_every > 0:
+        def extra_state():
+            return {"plateau": plateau.state() if plateau is not None else None,
+                    "seconds": earlier_seconds + time.perf_counter() - start}
+
+        writer = EpochCheckpoint(checkpoint, every=checkpoint_every, epochs=epochs, history=history,
+                                 extra_state=extra_state)
+        internal.append(writer)
     test = getattr(data, "test", None)
     if test is None:
         log.warning("no test data: test_loss / test_accuracy will be None")
-    # shuffle=False: a tf.data pipeline shuffles itself (Keras would only warn that it ignores the flag).
-    model.fit(data.train, epochs=epochs, validation_data=test, callbacks=internal + list(callbacks),
-              verbose=1 if verbose >= 2 else 0, shuffle=False)
+    finished = plateau is not None and plateau.stopped_epoch is not None
+    if initial_epoch < epochs and not finished:
+        # shuffle=False: the pipeline orders the data itself (Keras would only warn that it ignores the flag).
+        model.fit(data.train_from(initial_epoch), epochs=epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=int(data.steps_per_epoch), validation_data=test,
+                  callbacks=internal + list(callbacks), verbose=1 if verbose >= 2 else 0, shuffle=False)
+    complete = len([h for h in history if not h["partial"]])
+    plateau_stop = plateau is not None and plateau.stopped_epoch is not None
+    if stop_event is not None and stop_event.is_set() and not stopper.triggered and complete < epochs \
+            and not plateau_stop:
+        raise KeyboardInterrupt(f"stop requested after epoch {complete}")
 
-    seconds = float(time.perf_counter() - start)
+    seconds = earlier_seconds + float(time.perf_counter() - start)
     if stopper.triggered:
-        return TrainResult(history=history, status="failed", message=stopper.message, seconds=seconds)
+        return TrainResult(history=history, status="failed", message=stopper.message, seconds=seconds,
+                           resumed_from=initial_epoch)
     message = ""
     if plateau is not None and plateau.stopped_epoch is not None:
         message = f"stopped after {plateau.reductions} learning-rate reductions at epoch {plateau.stopped_epoch}"
     elif len(history) < epochs:
         message = f"stopped early after {len(history)} of {epochs} epochs"
-    return TrainResult(history=history, status="ok", message=message, seconds=seconds)
+    return TrainResult(history=history, status="ok", message=message, seconds=seconds, resumed_from=initial_epoch)

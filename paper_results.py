@@ -7,7 +7,6 @@ Accuracy and remaining weights are means over the paper's runs; intervals are as
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,10 +14,10 @@ class PaperRow:
     model: str
     dataset: str
     accuracy: float
-    accuracy_interval: Optional[tuple[float, float]] = None
-    remaining_percent: Optional[float] = None
-    remaining_interval: Optional[tuple[float, float]] = None
-    parameters: Optional[int] = None
+    accuracy_interval: tuple[float, float] | None = None
+    remaining_percent: float | None = None
+    remaining_interval: tuple[float, float] | None = None
+    parameters: int | None = None
 
 
 PAPER_RESULTS: dict[str, PaperRow] = {

@@ -1,6 +1,6 @@
 """The paper's CIFAR ResNets (ResNet20 x1/x2/x3, ResNet56, ResNet110), baseline or Supermask, from one builder.
 
-The layout follows the authors' code, which differs from He et al. (2016) (paper.md section 3.2):
+The layout follows the authors' code, which differs from He et al. (2016) (docs/paper_notes.md, "Architectures"):
 
     stem:     conv3x3(16w) -> BN -> ELU -> MaxPool 3x3 / stride 1 / same
     3 stages of 16w, 32w, 64w filters with strides 1, 2, 2; n = (depth - 2) / 6 blocks per stage
@@ -14,7 +14,7 @@ The layout follows the authors' code, which differs from He et al. (2016) (paper
 
 No biases anywhere; every conv (shortcuts included) and the head are masked in a Supermask.
 
-Batch-norm modes (paper.md section 3.3):
+Batch-norm modes (docs/paper_notes.md, "Batch norm"):
     learned  Keras BatchNormalization, gamma/beta trained, batch statistics in training
     none     no normalisation layer at all
     frozen   the authors' `trainable=False` BN: always in inference mode with moving mean 0 and variance 1, so
@@ -26,8 +26,8 @@ from __future__ import annotations
 import keras
 
 from custom_layers import LayerFactory, MaskedLayers
+from hparams import BATCH_NORM_MODES
 
-BATCH_NORM_MODES = ("learned", "none", "frozen")
 RESNET_DEPTHS = (20, 56, 110)
 
 

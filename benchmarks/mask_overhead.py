@@ -32,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import _common as common  # noqa: E402
 import custom_layers  # noqa: E402
 from architectures import build_model  # noqa: E402
 
@@ -75,7 +75,7 @@ def make_functions(layers, xla: bool):
         functions[f"{name} fwd"] = forward
 
     def dense_forward():
-        return tf.add_n([tf.reduce_sum(tf.convert_to_tensor(l.kernel) * g) for l, g in zip(layers, upstream)])
+        return tf.add_n([tf.reduce_sum(tf.convert_to_tensor(layer.kernel) * g) for layer, g in zip(layers, upstream)])
 
     functions["dense fwd"] = dense_forward
     return {name: tf.function(fn, jit_compile=xla) for name, fn in functions.items()}

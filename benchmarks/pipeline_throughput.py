@@ -1,7 +1,7 @@
 """Input pipeline alone against the train step it feeds: can data_preprocessor's pipelines starve the model?
 
     python benchmarks/pipeline_throughput.py                                     # MNIST, CIFAR-10, CIFAR-100
-    python benchmarks/pipeline_throughput.py --data-dir /work/shared/data --batches 300 --steps 10
+    python benchmarks/pipeline_throughput.py --data-dir ~/datasets --batches 300 --steps 10
 
 For each dataset, `data_preprocessor.load_dataset(...).train` (per-epoch reshuffle, gather, CIFAR-100 augmentation,
 batch 128, prefetch; source "local" when the archive is in --data-dir, else "synthetic") is iterated alone for
@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import _common as common  # noqa: E402
 from data_preprocessor import DATASETS, load_dataset  # noqa: E402
 
 log = logging.getLogger("pipeline_throughput")
@@ -41,7 +41,7 @@ PAIRS = {"mnist": ("fcn",), "cifar10": ("conv2", "resnet20"), "cifar100": ("conv
 def bundle_for(dataset: str, args):
     """(DataBundle, source) for `dataset`: local archive if present in --data-dir, else synthetic."""
     info = DATASETS[dataset]
-    local = args.data_dir is not None and (Path(args.data_dir) / info.local_file).is_file()
+    local = args.data_dir is not None and (Path(args.data_dir).expanduser() / info.local_file).is_file()
     if dataset == "cifar100" and not args.local_cifar100:
         local = False
     source = "local" if local else "synthetic"
@@ -86,7 +86,7 @@ def permutation_indices(n: int, batch_size: int, seed: int) -> tf.data.Dataset:
 def index_pipelines(data, batch_size: int):
     """The repo's index pipeline and the prototype, both gathering the same arrays as load_dataset does."""
     n = data.n_train
-    x = next(iter(data.train.unbatch().batch(n)))  # the standardised training arrays, in some order
+    x = next(iter(data.epoch(0).unbatch().batch(n)))  # the standardised training arrays, in some order
     x_t, y_t = tf.constant(x[0]), tf.constant(x[1])
 
     def gather(idx):
@@ -104,7 +104,7 @@ def step_rates(model_name: str, data, args) -> tuple[float, float]:
     model = common.compiled_model(model_name, "masked", steps=steps, jit_compile=False,
                                   num_classes=data.info.num_classes, label_format=data.label_format)
     memory = _memory_like(data.train, args.batch)
-    real = data.train.repeat()
+    real = data.train  # an endless stream of epochs
     runners = {"memory": lambda: common.fit_epoch(model, memory, steps),
                "pipeline": lambda: common.fit_epoch(model, real, steps)}
     for run in runners.values():
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="mnist,cifar10,cifar100")
-    p.add_argument("--data-dir", default=str(common.ROOT.parent / "shared" / "data"))
+    p.add_argument("--data-dir", help="directory of the real archives (default: synthetic data of their shapes)")
     p.add_argument("--local-cifar100", action="store_true",
                    help="use cifar-100-python.tar.gz from --data-dir if present (default: synthetic CIFAR-100)")
     p.add_argument("--synthetic-train", type=int, default=10000, help="examples of a synthetic training set")

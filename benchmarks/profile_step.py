@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+import _common as common  # noqa: E402
 
 log = logging.getLogger("profile_step")
 
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     with common.precision(args.precision), tempfile.TemporaryDirectory() as tmp:
         models = {v: common.compiled_model(args.model, v, steps=args.steps, jit_compile=args.xla == "on")
                   for v in variants}
-        for v, model in models.items():
+        for model in models.values():
             common.fit_epoch(model, data, args.steps)  # trace / compile
         for v, model in models.items():
             results[v] = profile(model, data, args.steps, f"{tmp}/{v}")

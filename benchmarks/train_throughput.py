@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
 import keras  # noqa: E402
+
+import _common as common  # noqa: E402
 
 log = logging.getLogger("train_throughput")
 

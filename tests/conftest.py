@@ -12,7 +12,15 @@ sys.path.insert(0, str(ROOT))
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# Where the real archives (mnist.npz, cifar-10-python.tar.gz) are, for the few tests that read them; they are
+# skipped when the variable is unset or the files are absent (README, "Tests").
+DATA_DIR = Path(os.environ["SUPERMASK_DATA_DIR"]).expanduser() if os.environ.get("SUPERMASK_DATA_DIR") else None
+
+
+def real_data(name: str):
+    """The path of a real archive in SUPERMASK_DATA_DIR, or None."""
+    path = DATA_DIR / name if DATA_DIR is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import tensorflow as tf
 import yaml
 
 import analysis
+import model_trainer
 from architectures import build_model
 from custom_layers import MaskedLayers, binary_mask, mask_statistics, signed_mask, topk_mask
 
@@ -148,11 +149,11 @@ def test_effective_mask_np_matches_custom_layers():
 def test_mask_image_colours_and_conv_reshape():
     mask = np.zeros((3, 3, 2, 4), "float32")
     mask[0, 0, 0, 0], mask[2, 2, 1, 3] = 1, -1
-    assert analysis.mask_to_2d(mask).shape == (18, 4)
-    image = analysis.mask_image(mask)
+    assert model_trainer.mask_to_2d(mask).shape == (18, 4)
+    image = model_trainer.mask_image(mask)
     assert image.shape == (18, 4, 3) and image.dtype == np.uint8
-    assert tuple(image[0, 0]) == analysis.KEPT_RGB and tuple(image[17, 3]) == analysis.INVERTED_RGB
-    assert tuple(image[5, 1]) == analysis.HIDDEN_RGB
+    assert tuple(image[0, 0]) == model_trainer.KEPT_RGB and tuple(image[17, 3]) == model_trainer.INVERTED_RGB
+    assert tuple(image[5, 1]) == model_trainer.HIDDEN_RGB
 
 
 def test_sample_digit_sources(tmp_path):
@@ -182,20 +183,19 @@ def test_cli_writes_every_figure_as_png_and_pdf(results, tmp_path, capsys):
     assert analysis.main([str(tmp_path / "empty_dir_that_is_missing"), "--out", str(out)]) == 2
 
 
-# ------------------------------------------------------------------------------------------------ TensorBoard
+# ------------------------------------------------------------------------------------ TensorBoard (model_trainer)
 def test_mask_image_callback_writes_events_during_fit(tmp_path):
     model = build_model("fcn", MaskedLayers(seed=0), hidden=(16, 8))
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 784)).astype("float32")
     y = np.eye(10, dtype="float32")[rng.integers(0, 10, 32)]
-    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[analysis.MaskImageCallback(tmp_path / "tb", log_metrics=True)])
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[model_trainer.MaskImageCallback(tmp_path / "tb")])
     events = list((tmp_path / "tb").rglob("events.out.tfevents*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     values = {value.tag: (value, event.step) for event in tf.compat.v1.train.summary_iterator(str(events[0]))
               for value in event.summary.value}
-    assert {"remaining/global", "remaining/dense_0", "inverted/output", "masks/dense_0", "masks/output",
-            "epoch/loss"} <= set(values)
+    assert {"remaining/global", "remaining/dense_0", "inverted/output", "masks/dense_0", "masks/output"} <= set(values)
     scalar, step = values["remaining/global"]
     assert step == 0 and scalar.metadata.plugin_data.plugin_name == "scalars"
     assert float(tf.make_ndarray(scalar.tensor)) == pytest.approx(mask_statistics(model)["remaining_percent"])
@@ -203,15 +203,8 @@ def test_mask_image_callback_writes_events_during_fit(tmp_path):
     assert image.metadata.plugin_data.plugin_name == "images"
     width, height, png = tf.make_ndarray(image.tensor)
     assert (int(width), int(height)) == (16, 784)
-    expected = analysis.mask_image(keras.ops.convert_to_numpy(model.get_layer("dense_0").effective_mask()))
+    expected = model_trainer.mask_image(keras.ops.convert_to_numpy(model.get_layer("dense_0").effective_mask()))
     np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), expected)
-
-
-def test_looper_tensorboard_hook_uses_the_callback(tmp_path):
-    from experiment_looper import _tensorboard_callbacks
-
-    callbacks = _tensorboard_callbacks(tmp_path)
-    assert any(isinstance(c, analysis.MaskImageCallback) for c in callbacks)
 
 
 def test_duplicate_config_names_get_distinct_labels(tmp_path):

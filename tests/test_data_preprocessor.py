@@ -7,20 +7,15 @@ import os
 import pickle
 import pickletools
 import struct
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import real_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import data_preprocessor as dp  # noqa: E402
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
+import data_preprocessor as dp
 
 # --------------------------------------------------------------------------------------
 # Helpers: archives in the standard formats
@@ -162,9 +157,10 @@ def test_synthetic_bundle_shapes_dtypes_and_labels(name, x_shape, width, label_f
     assert bundle.steps_per_epoch == 5  # ceil(200 / 48)
     assert bundle.input_shape == x_shape
 
-    assert int(bundle.train.cardinality()) == 5  # known, so Keras restarts the iterator each epoch
+    assert int(bundle.train.cardinality()) == int(tf.data.INFINITE_CARDINALITY)  # a stream of epochs
+    assert int(bundle.epoch(0).cardinality()) == 5
     assert int(bundle.test.cardinality()) == 3
-    batches = list(bundle.train)
+    batches = list(bundle.epoch(0))
     assert len(batches) == 5
     assert [int(x.shape[0]) for x, _ in batches] == [48, 48, 48, 48, 8]  # last partial batch kept
     x, y = batches[0]
@@ -209,7 +205,7 @@ def test_synthetic_data_is_learnable_with_and_without_augmentation():
     assert _nearest_mean_accuracy(f, y, ft, yt, 100) > 0.5
     # Also when fitted on the augmented training pipeline (the CIFAR-100 default).
     bundle = dp.load_dataset("cifar100", "synthetic", batch_size=128, synthetic_train=512, synthetic_test=256)
-    fa, ya = load_one_epoch(bundle.train)
+    fa, ya = load_one_epoch(bundle.epoch(0))
     assert _nearest_mean_accuracy(fa.reshape(512, -1), ya, ft, yt, 100) > 0.5
 
 
@@ -245,8 +241,8 @@ def test_label_format_and_flatten_overrides():
 
 def test_train_is_reshuffled_each_epoch_and_test_order_is_stable():
     bundle = dp.load_dataset("cifar10", "synthetic", batch_size=32, synthetic_train=128, synthetic_test=64, seed=1)
-    x1, y1 = load_one_epoch(bundle.train)
-    x2, y2 = load_one_epoch(bundle.train)
+    x1, y1 = load_one_epoch(bundle.epoch(0))
+    x2, y2 = load_one_epoch(bundle.epoch(1))
     assert x1.shape == x2.shape == (128, 32, 32, 3)
     assert not np.array_equal(x1, x2)  # a different order in the second epoch ...
     order1, order2 = np.lexsort(x1.reshape(128, -1).T), np.lexsort(x2.reshape(128, -1).T)
@@ -255,7 +251,7 @@ def test_train_is_reshuffled_each_epoch_and_test_order_is_stable():
 
     # The shuffle is seeded: a second bundle with the same seed yields the same epochs.
     again = dp.load_dataset("cifar10", "synthetic", batch_size=32, synthetic_train=128, synthetic_test=64, seed=1)
-    np.testing.assert_array_equal(load_one_epoch(again.train)[0], x1)
+    np.testing.assert_array_equal(load_one_epoch(again.epoch(0))[0], x1)
 
     xt1, yt1 = load_one_epoch(bundle.test)
     xt2, yt2 = load_one_epoch(bundle.test)
@@ -332,7 +328,7 @@ def test_augmentation_default_on_only_for_cifar100(name, augmented):
     bundle = dp.load_dataset(name, "synthetic", batch_size=32, synthetic_train=96, synthetic_test=32)
     x_raw = dp.load_arrays(name, "synthetic", synthetic_train=96, synthetic_test=32)[0]
     originals = row_keys(dp.standardize_images(x_raw))
-    x, _ = load_one_epoch(bundle.train)
+    x, _ = load_one_epoch(bundle.epoch(0))
     assert x.shape[0] == 96 and x.shape[1:] == bundle.input_shape
     unchanged = sum(key in originals for key in row_keys(x))
     if augmented:
@@ -348,13 +344,13 @@ def test_augmentation_default_on_only_for_cifar100(name, augmented):
 def test_augmentation_can_be_switched():
     on = dp.load_dataset("cifar10", "synthetic", batch_size=32, synthetic_train=64, synthetic_test=8, augment=True)
     off = dp.load_dataset("cifar100", "synthetic", batch_size=32, synthetic_train=64, synthetic_test=8, augment=False)
-    on_x, off_x = load_one_epoch(on.train)[0], load_one_epoch(off.train)[0]
+    on_x, off_x = load_one_epoch(on.epoch(0))[0], load_one_epoch(off.epoch(0))[0]
     on_raw = dp.standardize_images(dp.load_arrays("cifar10", "synthetic", synthetic_train=64, synthetic_test=8)[0])
     off_raw = dp.standardize_images(dp.load_arrays("cifar100", "synthetic", synthetic_train=64, synthetic_test=8)[0])
     assert len(row_keys(on_x) & row_keys(on_raw)) < 32
     assert row_keys(off_x) == row_keys(off_raw)
     # Augmentation is redrawn every epoch (a new set of crops/flips, not only a new order).
-    second = load_one_epoch(on.train)[0]
+    second = load_one_epoch(on.epoch(1))[0]
     assert row_keys(on_x) != row_keys(second)
 
 
@@ -513,9 +509,9 @@ def test_incomplete_archive_names_missing_member(tmp_path):
         dp.load_arrays("cifar10", "local", str(tmp_path))
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "mnist.npz").is_file(), reason="real MNIST not available")
+@pytest.mark.skipif(real_data("mnist.npz") is None, reason="real MNIST not in SUPERMASK_DATA_DIR")
 def test_real_mnist_from_local_source():
-    bundle = dp.load_dataset("mnist", "local", str(SHARED_DATA), batch_size=128)
+    bundle = dp.load_dataset("mnist", "local", str(real_data("mnist.npz").parent), batch_size=128)
     assert (bundle.n_train, bundle.n_test) == (60000, 10000)
     assert bundle.steps_per_epoch == 469
     x, y = next(iter(bundle.test))
@@ -571,7 +567,26 @@ def test_shuffle_false_keeps_file_order_every_epoch():
     bundle = dp.load_dataset("mnist", "synthetic", batch_size=50, synthetic_train=200, synthetic_test=20, seed=1,
                           shuffle=False)
     raw = dp.load_arrays("mnist", "synthetic", synthetic_train=200, synthetic_test=20, seed=1)
-    first = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.train])
-    second = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.train])
+    first = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.epoch(0)])
+    second = np.concatenate([np.argmax(y, axis=1) for _, y in bundle.epoch(1)])
     np.testing.assert_array_equal(first, raw[1])
     np.testing.assert_array_equal(second, raw[1])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])  # without and with augmentation
+def test_every_epoch_is_a_pure_function_of_seed_and_epoch(name):
+    """What a resumed run relies on: epoch e from a fresh stream equals epoch e of one long stream."""
+    bundle = dp.load_dataset(name, "synthetic", batch_size=32, synthetic_train=96, synthetic_test=8, seed=5)
+    stream = [x.numpy() for x, _ in bundle.train_from(0).take(3 * bundle.steps_per_epoch)]
+    third = [x.numpy() for x, _ in bundle.train_from(2).take(bundle.steps_per_epoch)]
+    for a, b in zip(stream[2 * bundle.steps_per_epoch:], third):
+        np.testing.assert_array_equal(a, b)
+    again = dp.load_dataset(name, "synthetic", batch_size=32, synthetic_train=96, synthetic_test=8, seed=5)
+    np.testing.assert_array_equal(load_one_epoch(again.epoch(2))[0], np.concatenate(third))
+    other = dp.load_dataset(name, "synthetic", batch_size=32, synthetic_train=96, synthetic_test=8, seed=6)
+    assert not np.array_equal(load_one_epoch(other.epoch(2))[0], np.concatenate(third))
+
+
+def test_epoch_permutation_is_a_permutation():
+    order = dp.epoch_permutation(tf.range(1000, dtype=tf.int64), 1000, seed=3, epoch=7).numpy()
+    assert sorted(order.tolist()) == list(range(1000)) and not np.array_equal(order, np.arange(1000))

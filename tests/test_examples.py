@@ -23,4 +23,3 @@ def test_minimal_working_example_runs_offline(tmp_path):
     accuracy = float(re.search(r"test accuracy: ([\d.]+) %", proc.stdout).group(1))
     remaining = float(re.search(r"remaining weights: ([\d.]+) % \((\d+) of 266200\)", proc.stdout).group(1))
     assert accuracy > 50 and 0 < remaining < 60
-    assert len((ROOT / "minimal_working_example.py").read_text().splitlines()) < 40

@@ -6,7 +6,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import yaml
 
 import config as config_lib
 import experiment_looper as looper
+import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_end_to_end_files_and_summary(tmp_path, capsys):
     assert [r.name for r in runs] == ["run_000", "run_001", "run_002"]
     metrics = []
     for run_dir in runs:
-        for name in looper.RUN_FILES:
+        for name in run_folder.RUN_FILES:
             assert (run_dir / name).is_file(), name
         m = json.loads((run_dir / "metrics.json").read_text())
         history = json.loads((run_dir / "history.json").read_text())
@@ -91,15 +91,15 @@ class Interrupt(Exception):
 
 def test_resume_redoes_the_interrupted_run_only(tmp_path):
     cfg = config_lib.parse_config({**TINY, "output_dir": str(tmp_path / "out")})
-    directory = config_lib.results_dir(cfg)
+    directory = run_folder.results_dir(cfg)
     calls = []
 
-    def flaky(cfg, run, seed, run_dir):
+    def flaky(cfg, run, seed, run_dir, **kwargs):
         calls.append(run)
         if run == 1 and calls.count(1) == 1:
             (run_dir / "history.json").write_text("[half")  # killed mid-run
             raise Interrupt
-        return looper.train_run(cfg, run, seed, run_dir)
+        return looper.train_run(cfg, run, seed, run_dir, **kwargs)
 
     with pytest.raises(Interrupt):
         looper.run_experiment(cfg, directory, train=flaky)
@@ -153,8 +153,8 @@ def test_config_loading_weights_and_masks_from_init_files(tmp_path, monkeypatch)
     raw = {**TINY, "runs": 2, "base_seed": 999,
            "model": {**TINY["model"], "weights_file": "inits/run_{run}.npz", "masks_file": "inits/run_{run}.npz"}}
     cfg = config_lib.parse_config(raw)
-    from_files = looper.build_run_model(cfg, 999, 1)
-    direct = looper.build_run_model(config_lib.parse_config({**TINY, "runs": 2}), 12, 1)  # run 1 = seed 12
+    from_files = run_folder.build_run_model(cfg, 999, 1)
+    direct = run_folder.build_run_model(config_lib.parse_config({**TINY, "runs": 2}), 12, 1)  # run 1 = seed 12
     for a, b in zip(masked_layers(from_files), masked_layers(direct)):
         np.testing.assert_array_equal(a.kernel.numpy(), b.kernel.numpy())
         np.testing.assert_array_equal(a.mask.numpy(), b.mask.numpy())
@@ -168,14 +168,14 @@ def test_nan_run_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path):
     cfg = config_lib.parse_config(raw)
     calls = []
 
-    def train(cfg_, run, seed, run_dir):
+    def train(cfg_, run, seed, run_dir, **kwargs):
         calls.append(run)
-        return looper.train_run(cfg_, run, seed, run_dir)
+        return looper.train_run(cfg_, run, seed, run_dir, **kwargs)
 
-    summary = looper.run_experiment(cfg, config_lib.results_dir(cfg), train=train)
+    summary = looper.run_experiment(cfg, run_folder.results_dir(cfg), train=train)
     assert calls == [0, 1]
     assert summary["runs_failed"] == 2 and summary["runs_finished"] == 0
-    metrics = json.loads((config_lib.results_dir(cfg) / "run_000" / "metrics.json").read_text())
+    metrics = json.loads((run_folder.results_dir(cfg) / "run_000" / "metrics.json").read_text())
     assert metrics["status"] == "failed"
     assert "nan" in metrics["message"].lower() or "inf" in metrics["message"].lower()
     assert "failed" in looper.summary_markdown(summary)
@@ -207,51 +207,240 @@ def _summary_without_timing(path):
     return s
 
 
-def test_sigkill_mid_sweep_resumes_to_the_same_summary(tmp_path):
-    raw = {**TINY, "runs": 3, "training": {**TINY["training"], "epochs": 3}}
-    path = _write(tmp_path, raw)
-    cmd = [sys.executable, str(ROOT / "experiment_looper.py"), str(path)]
+# A looper in a subprocess that sends itself a signal at an exact point: run RUN, epoch EPOCH (1-based), after
+# batch BATCH. Deterministic: no test waits for a file and races the training to it.
+SELF_SIGNAL = """
+import os, signal, sys
+import keras
+import experiment_looper
+
+sig, target = getattr(signal, sys.argv[1]), (int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+original = experiment_looper.train_run
+
+class SignalSelf(keras.callbacks.Callback):
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.run, self.epoch, batch + 1) == target:
+            os.kill(os.getpid(), sig)
+
+def train_run(cfg, run, seed, run_dir, **kwargs):
+    return original(cfg, run, seed, run_dir, extra_callbacks=[SignalSelf(run)], **kwargs)
+
+experiment_looper.train_run = train_run
+sys.exit(experiment_looper.main(sys.argv[5:]))
+"""
+
+
+def _looper_subprocess(args, *, signal_at=None, ignore_sigint=False, timeout=300):
+    """Run the looper CLI in a subprocess (with SIGINT ignored from the start, as a shell's background job has it,
+    when asked); signal_at = (SIGNAL NAME, run, epoch, batch) makes it signal itself there."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    # Reference: uninterrupted.
-    subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True, env=env, timeout=300,
-                   capture_output=True)
-    # Killed with SIGKILL while run 1 is in progress, then resumed.
-    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "out")], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "out").glob("*/run_001.partial/config.yaml")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    if signal_at is None:
+        cmd = [sys.executable, str(ROOT / "experiment_looper.py"), *args]
+    else:
+        cmd = [sys.executable, "-c", SELF_SIGNAL, *map(str, signal_at), *args]
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec)
+
+
+LONGER = {**TINY, "runs": 3, "training": {**TINY["training"], "epochs": 4, "verbose": 0}}
+
+
+def test_sigkill_mid_epoch_resumes_from_the_last_epoch_to_the_uninterrupted_result(tmp_path):
+    path = _write(tmp_path, LONGER)
+    reference = _looper_subprocess([str(path), "--out", str(tmp_path / "ref")])
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    # Killed in the middle of epoch 3 of run 1 (after its 2nd batch): no handler runs, nothing is cleaned up.
+    killed = _looper_subprocess([str(path), "--out", str(tmp_path / "out")], signal_at=("SIGKILL", 1, 3, 2))
+    assert killed.returncode == -signal.SIGKILL
     directory = _run_dir(tmp_path)
-    assert (directory / "run_000" / "metrics.json").is_file()
-    assert not (directory / "run_002").exists()
-    subprocess.run(cmd + ["--out", str(tmp_path / "out")], check=True, env=env, timeout=300, capture_output=True)
+    assert (directory / "run_000" / "metrics.json").is_file() and not (directory / "run_001").exists()
+    from model_trainer import read_checkpoint
+
+    assert read_checkpoint(directory / "run_001.partial" / "checkpoint.npz")[0]["epochs_done"] == 2
+    resumed = _looper_subprocess([str(path), "--out", str(tmp_path / "out")])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "run_001.partial: resumed after epoch 2 of 4" in resumed.stderr
     (ref_dir,) = list((tmp_path / "ref").iterdir())
     assert ref_dir.name == directory.name
     assert _summary_without_timing(directory / "summary.json") == _summary_without_timing(ref_dir / "summary.json")
+    for run in ("run_000", "run_001", "run_002"):
+        for name in ("history.json",):
+            ours = json.loads((directory / run / name).read_text())
+            theirs = json.loads((ref_dir / run / name).read_text())
+            assert [{k: v for k, v in e.items() if k != "seconds"} for e in ours] == \
+                [{k: v for k, v in e.items() if k != "seconds"} for e in theirs]
+        with np.load(directory / run / "masks.npz") as a, np.load(ref_dir / run / "masks.npz") as b:
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key])
     assert not list(directory.glob("*.partial")) and not list(directory.rglob("*.tmp"))
+    assert not list(directory.rglob("checkpoint.npz")) and not list(directory.glob("*.claim"))
 
 
-def test_ctrl_c_stops_cleanly_after_saving_finished_runs(tmp_path):
-    raw = {**TINY, "runs": 3, "training": {**TINY["training"], "epochs": 3}}
-    path = _write(tmp_path, raw)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "experiment_looper.py"), str(path), "--out",
-                             str(tmp_path / "out")], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "out").glob("*/run_001.partial/config.yaml")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
-    assert "interrupted: finished runs are saved" in err and "Traceback" not in err
+@pytest.mark.parametrize("ignored", [False, True], ids=["foreground", "sigint-ignored-at-start"])
+def test_ctrl_c_stops_cleanly_after_saving_finished_runs(tmp_path, ignored):
+    """SIGINT in the middle of run 1: exit 130, run 0 kept, run 1 left with its last epoch's checkpoint; also for a
+    process that started with SIGINT ignored (a shell's background job): the looper installs its handler."""
+    path = _write(tmp_path, LONGER)
+    proc = _looper_subprocess([str(path), "--out", str(tmp_path / "out")], signal_at=("SIGINT", 1, 2, 1),
+                              ignore_sigint=ignored)
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    assert "interrupted: finished runs are saved" in proc.stderr and "Traceback" not in proc.stderr
     directory = _run_dir(tmp_path)
     assert json.loads((directory / "summary.json").read_text())["runs_finished"] == 1
+    from model_trainer import read_checkpoint
+
+    assert read_checkpoint(directory / "run_001.partial" / "checkpoint.npz")[0]["epochs_done"] == 1
+    assert not list(directory.glob("*.claim"))  # released on the way out
+
+
+def test_sigterm_stops_with_143(tmp_path):
+    path = _write(tmp_path, LONGER)
+    proc = _looper_subprocess([str(path), "--out", str(tmp_path / "out")], signal_at=("SIGTERM", 0, 2, 1))
+    assert proc.returncode == 143 and "interrupted" in proc.stderr
+    assert json.loads((_run_dir(tmp_path) / "summary.json").read_text())["runs_finished"] == 0
+
+
+def test_the_stop_handler_is_installed_even_when_sigint_starts_ignored():
+    code = ("import os, signal, experiment_looper; assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN; "
+            "s = experiment_looper.StopRequest(); s.install(); os.kill(os.getpid(), signal.SIGINT); "
+            "assert s.event.is_set() and s.exit_code == 130; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------------ workers
+SIX = {**TINY, "runs": 6, "training": {**TINY["training"], "epochs": 2, "verbose": 0}}
+
+
+def _trained_runs(directory: Path) -> list[int]:
+    """Every 'run k/N, seed' start line in the looper log (each worker appends its own)."""
+    import re
+
+    return [int(m.group(1)) - 1 for m in re.finditer(r"run (\d+)/\d+, seed", (directory / "looper.log").read_text())]
+
+
+def test_three_workers_share_a_sweep_and_train_each_run_once(tmp_path):
+    path = _write(tmp_path, SIX)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "experiment_looper.py"), str(path), "--out", str(tmp_path / "out")]
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(3)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], [o[1][-1500:] for o in outputs]
+    directory = _run_dir(tmp_path)
+    assert sorted(_trained_runs(directory)) == [0, 1, 2, 3, 4, 5]  # each run trained once, by some worker
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["runs_finished"] == 6 and summary["complete"] and summary["runs_in_progress"] == 0
+    assert summary["test_accuracy_percent"]["n"] == 6
+    reference = looper.summarize(config_lib.parse_config(SIX), run_folder.finished_runs(directory))
+    assert {k: v for k, v in summary.items() if k != "seconds_per_epoch"} == \
+        {k: v for k, v in reference.items() if k != "seconds_per_epoch"}
+    assert not list(directory.glob("*.claim")) and not list(directory.glob("*.partial"))
+
+
+def test_a_killed_workers_run_is_taken_over_and_resumed_by_another(tmp_path):
+    path = _write(tmp_path, {**SIX, "runs": 2, "training": {**SIX["training"], "epochs": 3}})
+    killed = _looper_subprocess([str(path), "--out", str(tmp_path / "out")], signal_at=("SIGKILL", 0, 3, 1))
+    assert killed.returncode == -signal.SIGKILL
+    directory = _run_dir(tmp_path)
+    assert (directory / "run_000.claim").exists()  # the dead worker's claim is left behind
+    other = _looper_subprocess([str(path), "--out", str(tmp_path / "out")])
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "run_000.claim: taking over" in other.stderr and "resumed after epoch 2 of 3" in other.stderr
+    summary = json.loads((directory / "summary.json").read_text())
+    assert summary["runs_finished"] == 2 and summary["complete"]
+
+
+def test_a_run_whose_claim_was_taken_over_is_not_finalised_by_the_old_owner(tmp_path):
+    cfg = config_lib.parse_config({**TINY, "runs": 1, "output_dir": str(tmp_path / "out")})
+    directory = run_folder.results_dir(cfg)
+
+    def presumed_dead(cfg_, run, seed, run_dir, **kwargs):
+        claim = run_folder.claim_path(directory, run)
+        claim.write_text(json.dumps({"host": "another-node", "pid": 1, "token": "theirs"}))  # taken over
+        return looper.train_run(cfg_, run, seed, run_dir, **kwargs)
+
+    summary = looper.run_experiment(cfg, directory, train=presumed_dead)
+    assert summary["runs_finished"] == 0 and not (directory / "run_000").exists()
+    assert (directory / "run_000.partial").is_dir() and (directory / "run_000.claim").exists()  # left to the owner
+
+
+# ------------------------------------------------------------------------------------------------ broken inputs
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "the config file is empty"),
+    (b"name: x\nruns: 50\nruns: 3\n", "key 'runs' is given twice"),
+    (b"name: \xe9t\xe9\n", "not UTF-8 text"),
+], ids=["empty", "duplicate-key", "not-utf8"])
+def test_files_that_are_no_config_exit_2(tmp_path, capsys, content, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    assert looper.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("broken", ["metrics.json", "masks.npz"])
+def test_a_corrupt_finished_run_is_set_aside_and_trained_again(tmp_path, broken):
+    cfg = config_lib.parse_config({**TINY, "runs": 2, "output_dir": str(tmp_path / "out")})
+    directory = run_folder.results_dir(cfg)
+    looper.run_experiment(cfg, directory)
+    good = (directory / "run_001" / "metrics.json").read_text()
+    victim = directory / "run_000" / broken
+    victim.write_bytes(victim.read_bytes()[: len(victim.read_bytes()) // 2])
+    calls = []
+
+    def train(cfg_, run, seed, run_dir, **kwargs):
+        calls.append(run)
+        return looper.train_run(cfg_, run, seed, run_dir, **kwargs)
+
+    summary = looper.run_experiment(cfg, directory, train=train)
+    assert calls == [0] and summary["runs_finished"] == 2
+    assert (directory / "run_001" / "metrics.json").read_text() == good
+    (aside,) = directory.glob("run_000.corrupt-*")
+    assert (aside / broken).is_file()  # nothing the user computed is deleted
+
+
+def test_a_corrupt_checkpoint_restarts_its_run_from_epoch_1(tmp_path, caplog):
+    cfg = config_lib.parse_config({**TINY, "runs": 1, "output_dir": str(tmp_path / "out")})
+    directory = run_folder.results_dir(cfg)
+    partial = directory / "run_000.partial"
+    partial.mkdir(parents=True)
+    (partial / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated")
+    with caplog.at_level("WARNING"):
+        summary = looper.run_experiment(cfg, directory)
+    assert summary["runs_finished"] == 1 and "starts again from epoch 1" in caplog.text
+    assert len(json.loads((directory / "run_000" / "history.json").read_text())) == 2
+
+
+def test_a_full_disk_is_a_clear_error_and_earlier_runs_stay(tmp_path, capsys, monkeypatch):
+    import errno
+
+    path = _write(tmp_path, TINY)
+    real = run_folder.atomic_savez
+    written = []
+
+    def disk_fills_up(target, arrays):
+        written.append(Path(target).name)
+        if len(written) > 2:  # run 0 wrote its masks and compact artifact; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real(target, arrays)
+
+    monkeypatch.setattr(run_folder, "atomic_savez", disk_fills_up)
+    assert looper.main([str(path), "--out", str(tmp_path / "out"), "--set", "training.checkpoint_every=0"]) == 1
+    err = capsys.readouterr().err
+    assert "could not write the results" in err and "No space left on device" in err and "Traceback" not in err
+    directory = _run_dir(tmp_path)
+    assert run_folder.check_run(directory / "run_000")["status"] == "ok" and not (directory / "run_001").exists()
 
 
 def test_tfds_failure_names_the_offline_source(tmp_path, monkeypatch, capsys):
-    import tensorflow_datasets as tfds
+    tfds = pytest.importorskip("tensorflow_datasets")
 
     def no_internet(*args, **kwargs):
         raise ConnectionError("Failed to establish a new connection")
@@ -275,10 +464,10 @@ def test_tensorboard_switch_writes_event_files(tmp_path):
 
 def test_summary_counts_only_the_configs_runs(tmp_path):
     cfg = config_lib.parse_config({**TINY, "runs": 3, "output_dir": str(tmp_path / "out")})
-    directory = config_lib.results_dir(cfg)
+    directory = run_folder.results_dir(cfg)
     assert looper.run_experiment(cfg, directory)["runs_finished"] == 3
     fewer = config_lib.parse_config({**TINY, "runs": 2, "output_dir": str(tmp_path / "out")})
-    assert config_lib.results_dir(fewer) == directory  # runs is not part of the hash: same directory
+    assert run_folder.results_dir(fewer) == directory  # runs is not part of the hash: same directory
     summary = looper.run_experiment(fewer, directory, train=lambda *a: pytest.fail("nothing to train"))
     assert summary["runs_finished"] == 2 and summary["test_accuracy_percent"]["n"] == 2
 

@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import yaml
 
+import compact
 import config as config_lib
 import export
+import run_folder
+import shrink
 from architectures import build_model
-from custom_layers import MaskedDense, MaskedKernelMixin, MaskedLayers, TopKMask, masked_layers
+from custom_layers import MaskedDense, MaskedKernelMixin, MaskedLayers, TopKMask, leaf_layers, masked_layers
 from resnet_networks import build_resnet
-from weight_initializer import ScaledInitializer, save_weights_npz
+from run_folder import build_run_model, save_weights_npz
+from weight_initializer import ScaledInitializer
 
 
 def trained_looking(model, seed=0, active=0.2):
@@ -80,7 +84,8 @@ def assert_same_masks(a, b):
     la, lb = masked_layers(a), masked_layers(b)
     assert [layer.name for layer in la] == [layer.name for layer in lb]
     for x, y in zip(la, lb):
-        np.testing.assert_array_equal(export.effective_mask(x), export.effective_mask(y))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(x.effective_mask()),
+                                      keras.ops.convert_to_numpy(y.effective_mask()))
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(x.kernel), keras.ops.convert_to_numpy(y.kernel))
 
 
@@ -88,22 +93,22 @@ def assert_same_masks(a, b):
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_strip_predicts_identically_with_stock_layers_only(name):
     model = trained_looking(BUILDERS[name]())
-    stripped = export.strip(model)
-    assert not any(isinstance(layer, MaskedKernelMixin) for _, layer in export.leaf_layers(stripped))
-    assert [p for p, _ in export.leaf_layers(stripped)] == [p for p, _ in export.leaf_layers(model)]
+    stripped = shrink.strip(model)
+    assert not any(isinstance(layer, MaskedKernelMixin) for _, layer in leaf_layers(stripped))
+    assert [p for p, _ in leaf_layers(stripped)] == [p for p, _ in leaf_layers(model)]
     assert_same_predictions(model, stripped, inputs_for(model))
-    twins = dict(export.leaf_layers(stripped))
+    twins = dict(leaf_layers(stripped))
     for layer in masked_layers(model):
         twin = twins[layer.name]
         assert type(twin) is (keras.layers.Dense if isinstance(layer, MaskedDense) else keras.layers.Conv2D)
         assert not twin.use_bias
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin.kernel), export.effective_kernel(layer))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin.kernel), shrink.effective_kernel(layer))
 
 
 def test_stripped_resnet_keeps_bn_weights_and_reloads_without_custom_code(tmp_path):
     model = trained_looking(resnet())
-    stripped = export.strip(model)
-    twins = dict(export.leaf_layers(stripped))
+    stripped = shrink.strip(model)
+    twins = dict(leaf_layers(stripped))
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(type(twins[b.name]) is keras.layers.BatchNormalization for b in bns)
     for bn in bns:
@@ -121,48 +126,48 @@ def test_mask_codes_round_trip_within_two_bits_per_weight(density):
     rng = np.random.default_rng(3)
     mask = (np.where(rng.random((37, 29)) < 0.5, -1.0, 1.0) * (rng.random((37, 29)) < density)).astype("float32")
     n, nnz = mask.size, int(np.count_nonzero(mask))
-    planes = export.encode_bitplanes(mask)
+    planes = compact.encode_bitplanes(mask)
     assert planes.size == math.ceil(n / 8) + math.ceil(nnz / 8) <= math.ceil(2 * n / 8) + 1
-    np.testing.assert_array_equal(export.decode_bitplanes(planes, n, nnz).reshape(mask.shape), mask)
-    sparse, dtype = export.encode_sparse(mask)
-    np.testing.assert_array_equal(export.decode_sparse(sparse, n, nnz, dtype).reshape(mask.shape), mask)
-    code, info = export.encode_mask(mask)
+    np.testing.assert_array_equal(compact.decode_bitplanes(planes, n, nnz).reshape(mask.shape), mask)
+    sparse, dtype = compact.encode_sparse(mask)
+    np.testing.assert_array_equal(compact.decode_sparse(sparse, n, nnz, dtype).reshape(mask.shape), mask)
+    code, info = compact.encode_mask(mask)
     assert code.dtype == np.uint8 and info["bytes"] == code.size <= math.ceil(2 * n / 8) + 1
-    np.testing.assert_array_equal(export.decode_mask(code, info, mask.shape), mask)
+    np.testing.assert_array_equal(compact.decode_mask(code, info, mask.shape), mask)
 
 
 def test_very_sparse_mask_takes_the_sparse_code_and_non_ternary_is_refused():
     mask = np.zeros((300, 300), "float32")
     mask[3, 7], mask[200, 1], mask[299, 299] = 1, -1, 1
-    code, info = export.encode_mask(mask)
+    code, info = compact.encode_mask(mask)
     assert info["code"] == "sparse" and info["nnz"] == 3 and code.size == 3 * 2 + 1  # uint16 gaps + sign byte
     with pytest.raises(ValueError, match="-1, 0"):
-        export.encode_mask(np.array([0.5, 1.0]))
+        compact.encode_mask(np.array([0.5, 1.0]))
 
 
 def test_kernel_codes():
     signs = np.where(np.random.default_rng(0).random((9, 5)) < 0.5, -0.25, 0.25).astype("float32")
-    array, info = export.encode_kernel(signs)
+    array, info = compact.encode_kernel(signs)
     assert info == {"code": "signs", "constant": 0.25} and array.size == math.ceil(45 / 8)
-    np.testing.assert_array_equal(export.decode_kernel(array, info, signs.shape), signs)
+    np.testing.assert_array_equal(compact.decode_kernel(array, info, signs.shape), signs)
     other = np.random.default_rng(0).normal(size=(9, 5)).astype("float32")
-    array, info = export.encode_kernel(other)
+    array, info = compact.encode_kernel(other)
     assert info == {"code": "float32"}
-    np.testing.assert_array_equal(export.decode_kernel(array, info, other.shape), other)
+    np.testing.assert_array_equal(compact.decode_kernel(array, info, other.shape), other)
 
 
 # ------------------------------------------------------------------------------------------------ compact
 @pytest.mark.parametrize("name", ["fcn", "resnet", "sequential"])
 def test_compact_round_trip_by_seed(name, tmp_path):
     model = trained_looking(BUILDERS[name]())
-    meta = export.save_compact(model, tmp_path / "c.npz")
+    meta = run_folder.save_compact(model, tmp_path / "c.npz")
     assert {e["kernel"]["code"] for e in meta["masked"].values()} == {"seed"}
     with np.load(tmp_path / "c.npz", allow_pickle=False) as data:
         assert not any(k.startswith("kernel/") for k in data.files)
         for path, entry in meta["masked"].items():  # about 2 bits per weight at most
             n = int(np.prod(entry["shape"]))
             assert data[f"mask/{path}"].nbytes == entry["mask"]["bytes"] <= math.ceil(2 * n / 8) + 1
-    loaded = export.load_compact(tmp_path / "c.npz")
+    loaded = run_folder.load_compact(tmp_path / "c.npz")
     assert_same_masks(model, loaded)
     assert_same_predictions(model, loaded, inputs_for(model))
 
@@ -173,12 +178,12 @@ def test_compact_falls_back_to_explicit_kernels(tmp_path):
     layers = {layer.name: layer for layer in masked_layers(model)}
     layers["dense_0"].kernel.assign(np.where(rng.random((784, 16)) < 0.5, -0.1, 0.1).astype("float32"))
     layers["dense_1"].kernel.assign(rng.normal(size=(16, 8)).astype("float32"))
-    meta = export.save_compact(model, tmp_path / "c.npz")
+    meta = run_folder.save_compact(model, tmp_path / "c.npz")
     codes = {p: e["kernel"]["code"] for p, e in meta["masked"].items()}
     assert codes == {"dense_0": "signs", "dense_1": "float32", "output": "seed"}
     with np.load(tmp_path / "c.npz", allow_pickle=False) as data:
         assert data["kernel/dense_0"].nbytes == math.ceil(784 * 16 / 8)
-    loaded = export.load_compact(tmp_path / "c.npz")
+    loaded = run_folder.load_compact(tmp_path / "c.npz")
     assert_same_masks(model, loaded)
     assert_same_predictions(model, loaded, inputs_for(model))
 
@@ -186,15 +191,15 @@ def test_compact_falls_back_to_explicit_kernels(tmp_path):
 @pytest.mark.parametrize("mode", ["binary", TopKMask(0.3)])
 def test_compact_round_trip_other_mask_modes(mode, tmp_path):
     model = trained_looking(fcn(mask_mode=mode))
-    export.save_compact(model, tmp_path / "c.npz")
-    loaded = export.load_compact(tmp_path / "c.npz")
+    run_folder.save_compact(model, tmp_path / "c.npz")
+    loaded = run_folder.load_compact(tmp_path / "c.npz")
     assert_same_masks(model, loaded)
     assert_same_predictions(model, loaded, inputs_for(model))
 
 
 def test_load_compact_detects_a_changed_kernel(tmp_path):
     model = trained_looking(fcn())
-    export.save_compact(model, tmp_path / "c.npz")
+    run_folder.save_compact(model, tmp_path / "c.npz")
     with np.load(tmp_path / "c.npz", allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     meta = json.loads(arrays["meta"].tobytes())
@@ -202,16 +207,20 @@ def test_load_compact_detects_a_changed_kernel(tmp_path):
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(ValueError, match="dense_1"):
-        export.load_compact(tmp_path / "bad.npz")
+        run_folder.load_compact(tmp_path / "bad.npz")
 
 
-def test_compact_size_report(tmp_path):
+def test_write_artifacts_and_the_size_report(tmp_path):
     model = trained_looking(fcn(), active=0.03)
-    report = export.compact_size_report(model, tmp_path)
+    report = export.write_artifacts(model, tmp_path)
     sizes = report["bytes"]
-    assert sizes["compact"] < sizes["stripped_keras"] < sizes["keras"]
+    assert sizes["compact"] < sizes["shrunk_keras"] < sizes["stripped_keras"] < sizes["keras"]
     assert report["kernel_weights"] == 784 * 16 + 16 * 8 + 8 * 10
     assert report["ratio_to_compact"]["compact"] == 1.0
+    assert report["parameters"]["stripped"] == 784 * 16 + 16 * 8 + 8 * 10 > report["parameters"]["shrunk"]
+    assert report["architecture"].startswith("784-16-8-10 → ")
+    for name in ("stripped.keras", "shrunk.keras", "shrunk.survivors.json", "compact.npz"):
+        assert (tmp_path / name).stat().st_size > 0
     assert "compact" in export.format_size_report(report)
 
 
@@ -237,7 +246,7 @@ def test_mask_summary_counts_a_hand_set_model(capsys):
     assert {k: rows[2][k] for k in ("parameters", "kept", "inverted", "hidden", "bits")} == \
         {"parameters": 36, "kept": 5, "inverted": 3, "hidden": 28, "bits": 72}
     assert rows[2]["remaining_percent"] == pytest.approx(100 * 8 / 36)
-    stripped_rows = export.mask_summary(export.strip(model))
+    stripped_rows = export.mask_summary(shrink.strip(model))
     assert stripped_rows[0]["type"] == "Dense" and stripped_rows[0]["bits"] == 32 * 24
     export.print_mask_summary(model)
     text = capsys.readouterr().out
@@ -256,8 +265,6 @@ def test_export_cli_on_a_run_directory(tmp_path, capsys):
     raw = {"name": "t", "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 32,
                                  "synthetic_test": 64}, "model": {"architecture": "fcn"}}
     cfg = config_lib.parse_config(raw)
-    from experiment_looper import build_run_model
-
     run_dir = tmp_path / "t-00000000" / "run_000"
     run_dir.mkdir(parents=True)
     model = trained_looking(build_run_model(cfg, 11, 0), active=0.05)
@@ -267,30 +274,33 @@ def test_export_cli_on_a_run_directory(tmp_path, capsys):
     assert export.main([str(run_dir), "--check-accuracy", "--no-summary", "--batch-size", "32"]) == 0
     text = capsys.readouterr().out
     assert "compact reloaded" in text and "effective masks identical after the compact reload: True" in text
-    for name in ("stripped.keras", "compact.npz", "sizes.json"):
+    assert "effective architecture: 784-300-100-10 → " in text
+    shrunk_line = [line for line in text.splitlines() if "shrunk .keras reloaded" in line][0]
+    stripped_line = [line for line in text.splitlines() if "stripped .keras reloaded" in line][0]
+    assert shrunk_line.split("%")[0].split()[-1] == stripped_line.split("%")[0].split()[-1]  # same accuracy
+    assert float(text.split("max |shrunk - stripped| over the test set = ")[1].split()[0]) < 1e-5
+    assert export.main([str(run_dir), "--no-summary"]) == 0  # no data: random inputs
+    assert float(capsys.readouterr().out.split("max |shrunk - stripped| on 256 random inputs: ")[1].split()[0]) < 1e-5
+    for name in ("stripped.keras", "shrunk.keras", "compact.npz", "sizes.json"):
         assert (run_dir / "export" / name).stat().st_size > 0
-    meta = export.read_compact_meta(run_dir / "export" / "compact.npz")
+    meta = compact.read_meta(run_folder.read_npz(run_dir / "export" / "compact.npz"))
     assert {e["kernel"]["code"] for e in meta["masked"].values()} == {"seed"}
-    rebuilt = export.load_run_model(run_dir)
+    rebuilt = run_folder.load_run_model(run_dir)
     assert_same_masks(model, rebuilt)
     assert export.main([str(tmp_path)]) == 2
 
 
-def test_run_directory_of_a_resnet_takes_bn_weights_from_compact_npz(tmp_path, caplog):
+def test_run_directory_of_a_resnet_takes_bn_weights_from_compact_npz(tmp_path):
     raw = {"name": "r", "data": {"dataset": "cifar10", "source": "synthetic"},
            "model": {"architecture": "resnet20", "threshold_fraction": 0.75}}
     cfg = config_lib.parse_config(raw)
-    from experiment_looper import build_run_model
-
     run_dir = tmp_path / "run_000"
     run_dir.mkdir()
     model = trained_looking(build_run_model(cfg, 3, 0))
     save_weights_npz(model, run_dir / "masks.npz")
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**config_lib.to_dict(cfg), "seed": 3, "run": 0}))
     x = inputs_for(model, n=4)
-    with caplog.at_level("WARNING"):
-        without = export.load_run_model(run_dir)
-    assert "stem_bn" in caplog.text  # masks.npz alone lacks the BN weights
-    assert not np.array_equal(keras.ops.convert_to_numpy(without(x)), keras.ops.convert_to_numpy(model(x)))
-    export.save_compact(model, run_dir / "compact.npz")
-    assert_same_predictions(model, export.load_run_model(run_dir), x)
+    with pytest.raises(ValueError, match="compact.npz"):  # masks.npz alone lacks the BN weights
+        run_folder.load_run_model(run_dir)
+    run_folder.save_compact(model, run_dir / "compact.npz")
+    assert_same_predictions(model, run_folder.load_run_model(run_dir), x)

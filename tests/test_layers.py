@@ -1,17 +1,27 @@
 """Masked layers: the mask function, the STE, equality with stock Keras twins, serialisation, fit, XLA, AMP."""
 
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 from keras import ops
 
-from custom_layers import (BinaryMask, MaskedConv2D, MaskedDense, SignedMask, TopKMask, binary_mask, count_mask,
-                           get_mask_mode, mask_mode_from_name, mask_statistics, masked_layers, signed_mask,
-                           straight_through, topk_mask)
+from custom_layers import (
+    BinaryMask,
+    MaskedConv2D,
+    MaskedDense,
+    SignedMask,
+    TopKMask,
+    binary_mask,
+    count_mask,
+    get_mask_mode,
+    mask_mode_from_name,
+    mask_statistics,
+    masked_layers,
+    signed_mask,
+    topk_mask,
+)
 from weight_initializer import ScaledInitializer
-
-RNG = np.random.default_rng(0)
 
 
 def test_signed_mask_against_hand_computation():
@@ -24,7 +34,8 @@ def test_signed_mask_against_hand_computation():
 
 
 def test_topk_mask_keeps_exactly_k_fraction():
-    m = ops.convert_to_tensor(RNG.normal(size=(40, 25)).astype("float32"))
+    rng = np.random.default_rng(1)
+    m = ops.convert_to_tensor(rng.normal(size=(40, 25)).astype("float32"))
     for k in (0.1, 0.3, 0.5):
         hard = ops.convert_to_numpy(topk_mask(m, k))
         assert hard.sum() == round(k * 1000)
@@ -33,32 +44,51 @@ def test_topk_mask_keeps_exactly_k_fraction():
 
 
 def test_kth_largest_is_exact():
+    rng = np.random.default_rng(2)
     from custom_layers import kth_largest
 
-    values = np.abs(RNG.normal(size=5000)).astype("float32")
+    values = np.abs(rng.normal(size=5000)).astype("float32")
     values[:10] = 0.0  # zeros and ties
     values[10:20] = values[20]
     for k in (1, 7, 2500, 4990, 5000):
         assert float(kth_largest(ops.convert_to_tensor(values), k)) == np.sort(values)[::-1][k - 1]
 
 
-def test_straight_through_forward_is_exact_and_gradient_is_identity():
-    m = tf.Variable(RNG.uniform(-1, 1, size=(64,)).astype("float32"))
+def test_topk_breaks_ties_by_position_and_keeps_exactly_k():
+    m = ops.convert_to_tensor(np.array([0.5, -0.2, 0.2, 0.2, -0.2, 0.1], "float32"))
+    # k = round(0.5 * 6) = 3: 0.5 and the first two of the four tied |m| = 0.2 (positions 1 and 2).
+    np.testing.assert_array_equal(ops.convert_to_numpy(topk_mask(m, 0.5)), [1, 1, 1, 0, 0, 0])
+    zeros = ops.zeros((3, 4))
+    np.testing.assert_array_equal(ops.convert_to_numpy(topk_mask(zeros, 0.25)).reshape(-1),
+                                  [1, 1, 1] + [0] * 9)  # an all-zero mask keeps its first k
+
+
+def test_an_all_zero_topk_mask_learns():
+    layer = MaskedDense(3, mask_mode=TopKMask(0.5), kernel_initializer=ScaledInitializer("normal", "he", seed=1),
+                        mask_initializer="zeros")
+    layer.build((None, 4))
+    x = tf.constant(np.ones((2, 4), "float32"))
     with tf.GradientTape() as tape:
-        hard = signed_mask(m, 0.37)
-        out = straight_through(m, hard)
-        loss = tf.reduce_sum(out * tf.range(64, dtype="float32"))
-    np.testing.assert_array_equal(out.numpy(), hard.numpy())  # bit-exact forward value
-    np.testing.assert_array_equal(tape.gradient(loss, m).numpy(), np.arange(64, dtype="float32"))
+        loss = tf.reduce_sum(layer(x))
+    grad = tape.gradient(loss, layer.mask).numpy()
+    np.testing.assert_array_equal(grad, 2.0 * layer.kernel.numpy())  # s(0) = +1: the gradient reaches m = 0
+
+
+def test_an_all_zero_signed_mask_warns(caplog):
+    layer = MaskedDense(3, kernel_initializer=ScaledInitializer(seed=1), mask_initializer="zeros")
+    with caplog.at_level("WARNING"):
+        layer.build((None, 4))
+    assert float(layer.threshold) == 0.0 and "the mask is all zero, so tau = 0" in caplog.text
 
 
 @pytest.mark.parametrize("mode", [SignedMask(), BinaryMask(), TopKMask(0.3)])
 def test_ste_gradient_equals_dl_dweff_times_w(mode):
+    rng = np.random.default_rng(3)
     layer = MaskedDense(7, mask_mode=mode, kernel_initializer=ScaledInitializer("normal", "he", seed=1),
                         mask_initializer=ScaledInitializer("uniform", "xavier", seed=2))
-    x = tf.constant(RNG.normal(size=(5, 11)).astype("float32"))
+    x = tf.constant(rng.normal(size=(5, 11)).astype("float32"))
     layer.build(x.shape)
-    target = tf.constant(RNG.normal(size=(5, 7)).astype("float32"))
+    target = tf.constant(rng.normal(size=(5, 7)).astype("float32"))
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum((layer(x) - target) ** 2)
     grad_m = tape.gradient(loss, layer.mask)
@@ -90,7 +120,8 @@ def _all_plus_one(layer):
     ],
 )
 def test_all_plus_one_mask_equals_stock_twin(masked, stock, shape):
-    x = RNG.normal(size=shape).astype("float32")
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=shape).astype("float32")
     layer, twin = masked(), stock()
     layer.build(shape)
     twin.build(shape)
@@ -116,13 +147,14 @@ def test_initial_active_fraction_is_one_minus_p(fraction):
 
 
 def test_threshold_fixed_in_training_and_recomputed_on_reinit():
+    rng = np.random.default_rng(5)
     model = keras.Sequential([keras.Input((20,)), MaskedDense(10, threshold_fraction=0.4)])
     layer = model.layers[0]
     tau0 = float(layer.threshold)
     mask0 = layer.mask.numpy().copy()
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0, weight_decay=0.5), loss="mse")
-    x = RNG.normal(size=(64, 20)).astype("float32")
-    model.fit(x, RNG.normal(size=(64, 10)).astype("float32"), epochs=3, verbose=0)
+    x = rng.normal(size=(64, 20)).astype("float32")
+    model.fit(x, rng.normal(size=(64, 10)).astype("float32"), epochs=3, verbose=0)
     assert np.abs(layer.mask.numpy()).max() < 0.9 * np.abs(mask0).max()  # the mask moved and shrank ...
     assert float(layer.threshold) == tau0  # ... tau did not follow
     tau1 = layer.reinitialize_mask(ScaledInitializer("uniform", "he", seed=9))
@@ -162,10 +194,11 @@ def _tiny_model(mode="signed"):
 
 @pytest.mark.parametrize("mode", ["signed", "binary", TopKMask(0.25)])
 def test_keras_file_round_trip(tmp_path, mode):
+    rng = np.random.default_rng(6)
     model = _tiny_model(mode)
     for layer in masked_layers(model):  # a trained-looking state: masks moved away from their initial values
-        layer.mask.assign(layer.mask * RNG.uniform(0.1, 2.0, size=layer.mask.shape).astype("float32"))
-    x = RNG.normal(size=(6, 4, 4, 2)).astype("float32")
+        layer.mask.assign(layer.mask * rng.uniform(0.1, 2.0, size=layer.mask.shape).astype("float32"))
+    x = rng.normal(size=(6, 4, 4, 2)).astype("float32")
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
@@ -188,8 +221,8 @@ def test_get_config_round_trip():
         MaskedDense(3, threshold_fraction=1.0)
 
 
-def _data(n=96):
-    x = RNG.normal(size=(n, 4, 4, 2)).astype("float32")
+def _data(n=96, seed=7):
+    x = np.random.default_rng(seed).normal(size=(n, 4, 4, 2)).astype("float32")
     y = keras.utils.to_categorical((x[:, 0, 0, 0] > 0).astype(int) + (x[:, 1, 1, 1] > 0), 3)
     return x, y
 
@@ -197,8 +230,8 @@ def _data(n=96):
 @pytest.mark.parametrize("jit", [False, True])
 def test_fit_lowers_loss_changes_masks_not_weights(jit):
     model = _tiny_model()
-    kernels = [l.kernel.numpy().copy() for l in masked_layers(model)]
-    masks = [l.mask.numpy().copy() for l in masked_layers(model)]
+    kernels = [layer.kernel.numpy().copy() for layer in masked_layers(model)]
+    masks = [layer.mask.numpy().copy() for layer in masked_layers(model)]
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5, momentum=0.9), loss="categorical_crossentropy",
                   jit_compile=jit)
     x, y = _data()
@@ -211,8 +244,9 @@ def test_fit_lowers_loss_changes_masks_not_weights(jit):
 
 
 def test_custom_gradient_tape_loop_in_sequential():
+    rng = np.random.default_rng(8)
     model = keras.Sequential([keras.Input((6,)), MaskedDense(8), keras.layers.Activation("elu"), MaskedDense(2)])
-    x = RNG.normal(size=(32, 6)).astype("float32")
+    x = rng.normal(size=(32, 6)).astype("float32")
     y = (x[:, :2] * 2.0).astype("float32")
     opt = keras.optimizers.SGD(learning_rate=0.05)
     losses = []

@@ -4,6 +4,7 @@ on 2 CPU cores."""
 
 import json
 import math
+import threading
 from types import SimpleNamespace
 
 import keras
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 import model_trainer as mt
 from architectures import build_model
-from custom_layers import BaselineLayers, MaskedDense, MaskedLayers, masked_layers
+from custom_layers import BaselineLayers, MaskedDense, MaskedLayers, mask_statistics, masked_layers
 
 NUM_CLASSES = 10
 DIM = 784
@@ -33,15 +34,16 @@ def _arrays(n, seed, noise=2.0):
 
 
 def _bundle(label_format="one_hot", n_train=512, n_test=256, batch_size=64):
-    """A DataBundle look-alike (duck-typed: train, test, steps_per_epoch, label_format)."""
+    """A DataBundle look-alike (duck-typed: train_from(epoch), test, steps_per_epoch, label_format)."""
     xtr, ytr = _arrays(n_train, 1)
     xte, yte = _arrays(n_test, 2)
     if label_format == "one_hot":
         ytr, yte = np.eye(NUM_CLASSES, dtype="float32")[ytr], np.eye(NUM_CLASSES, dtype="float32")[yte]
     train = tf.data.Dataset.from_tensor_slices((xtr, ytr)).shuffle(n_train, seed=0).batch(batch_size)
     test = tf.data.Dataset.from_tensor_slices((xte, yte)).batch(batch_size)
-    return SimpleNamespace(train=train, test=test, steps_per_epoch=math.ceil(n_train / batch_size),
-                           label_format=label_format, n_train=n_train, n_test=n_test)
+    return SimpleNamespace(train=train, train_from=lambda epoch: train.repeat(), test=test,
+                           steps_per_epoch=math.ceil(n_train / batch_size), label_format=label_format,
+                           n_train=n_train, n_test=n_test)
 
 
 def _kernels(model):
@@ -251,7 +253,8 @@ def test_paper_plateau_on_a_synthetic_loss_sequence():
     expected_wait = [0, 0, 0, 1, 1, 2, 3, 4, 4, 5, 5, 5, 5, 6, 6, 6, 7]
     expected_lr = [0.1] * 9 + [0.05] * 4 + [0.025] * 3 + [0.0125]
     model = _plateau_model(0.1)
-    cb = mt.PaperPlateau(patience=4, factor=0.5, cooldown=2, start_epoch=2, max_reductions=3, min_delta=1e-4)
+    cb = mt.PaperPlateau(mt.ScheduleSpec("plateau", patience=4, factor=0.5, cooldown=2, start_epoch=2,
+                                         max_reductions=3, min_delta=1e-4))
     cb.set_model(model)
     cb.on_train_begin()
     model.stop_training = False
@@ -295,7 +298,7 @@ def test_train_with_plateau_stops_after_max_reductions():
 # --------------------------------------------------------------------------------------------------------------
 # Remaining-weights accounting
 # --------------------------------------------------------------------------------------------------------------
-def test_epoch_statistics_hand_count():
+def test_mask_statistics_hand_count():
     model = build_model("fcn", MaskedLayers(seed=0), input_shape=(5,), hidden=(4, 3), num_classes=2)
     layers = {layer.name: layer for layer in masked_layers(model)}
     assert set(layers) == {"dense_0", "dense_1", "output"}
@@ -308,7 +311,7 @@ def test_epoch_statistics_hand_count():
     for name, mask, tau in (("dense_0", m0, 0.5), ("dense_1", m1, 0.2), ("output", m2, 1.0)):
         layers[name].mask.assign(mask)
         layers[name].threshold.assign(tau)
-    stats = mt.epoch_statistics(model)
+    stats = mask_statistics(model)
     assert stats["layers"]["dense_0"] == {"kept": 7, "inverted": 3, "hidden": 10, "total": 20,
                                           "remaining_percent": pytest.approx(50.0)}
     assert stats["layers"]["dense_1"] == {"kept": 2, "inverted": 4, "hidden": 6, "total": 12,
@@ -322,9 +325,9 @@ def test_epoch_statistics_hand_count():
     json.dumps(stats)
 
 
-def test_epoch_statistics_baseline_is_all_kept():
+def test_mask_statistics_of_a_baseline_counts_every_weight_kept():
     model = build_model("fcn", BaselineLayers(seed=0), input_shape=(5,), hidden=(4, 3), num_classes=2)
-    stats = mt.epoch_statistics(model)
+    stats = mask_statistics(model)
     assert stats["remaining_percent"] == 100.0
     assert stats["remaining_weights"] == stats["total_weights"] == 20 + 12 + 6
     assert stats["layers"]["dense_1"] == {"kept": 12, "inverted": 0, "hidden": 0, "total": 12,
@@ -396,7 +399,8 @@ def test_epoch_recorder_evaluates_test_data_itself():
     mt.prepare_model(model, optimizer=mt.OptimizerSpec("sgd", learning_rate=0.01),
                      schedule=mt.ScheduleSpec("constant"), steps_per_epoch=data.steps_per_epoch, epochs=2)
     recorder = mt.EpochRecorder(test_data=data.test)
-    model.fit(data.train, epochs=2, callbacks=[recorder], verbose=0, shuffle=False)  # no validation_data
+    model.fit(data.train, epochs=2, steps_per_epoch=data.steps_per_epoch, callbacks=[recorder], verbose=0,
+              shuffle=False)  # no validation_data
     assert [h["epoch"] for h in recorder.history] == [1, 2]
     loss, accuracy = model.evaluate(data.test, verbose=0)
     assert recorder.history[-1]["test_loss"] == pytest.approx(loss, rel=1e-5)
@@ -440,7 +444,8 @@ def test_nan_loss_stops_training_with_history():
         tf.data.experimental.assert_cardinality(4))
     xte, yte = _arrays(64, 2)
     test_ds = tf.data.Dataset.from_tensor_slices((xte, np.eye(NUM_CLASSES, dtype="float32")[yte])).batch(32)
-    data = SimpleNamespace(train=train_ds, test=test_ds, steps_per_epoch=4, label_format="one_hot")
+    data = SimpleNamespace(train_from=lambda epoch: train_ds.repeat(), test=test_ds, steps_per_epoch=4,
+                           label_format="one_hot")
     model = build_model("fcn", MaskedLayers(seed=0), hidden=(8,))
     result = mt.train(model, data, epochs=5, verbose=0)
     assert result.status == "failed"
@@ -470,3 +475,132 @@ def test_stop_on_non_finite_batch_logs():
 
 def test_train_result_final_empty():
     assert mt.TrainResult(history=[], status="failed").final == {}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints and stop requests
+# --------------------------------------------------------------------------------------------------------------
+def _real_bundle():
+    """A real DataBundle (epoch order a function of seed and epoch), small."""
+    import data_preprocessor as dp
+
+    return dp.load_dataset("mnist", "synthetic", batch_size=64, synthetic_train=256, synthetic_test=128, seed=3)
+
+
+class StopAfter(keras.callbacks.Callback):
+    """Sets `event` at the end of epoch `epoch` (1-based), as a signal handler would."""
+
+    def __init__(self, event, epoch):
+        super().__init__()
+        self.event, self.epoch = event, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            self.event.set()
+
+
+def _fresh(plateau=False, dropout=0.3):
+    keras.utils.set_random_seed(5)
+    dropout = 0.0 if plateau else dropout
+    model = build_model("fcn", MaskedLayers(seed=5), hidden=(16,), dropout=dropout)
+    schedule = (mt.ScheduleSpec("plateau", patience=3, factor=0.5, cooldown=0, start_epoch=0, max_reductions=4)
+                if plateau else mt.ScheduleSpec("exponential_decay", decay_epochs=1.0, decay_rate=0.5))
+    return model, schedule
+
+
+def _without_seconds(history):
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in history]
+
+
+@pytest.mark.parametrize("plateau", [False, True], ids=["exponential", "plateau"])
+def test_a_stopped_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, plateau):
+    data = _real_bundle()
+    # plateau: lr 1e-9 and no decay or dropout keep the loss constant, so epochs 5, 6, 7, 8 reduce (see
+    # test_train_with_plateau_stops_after_max_reductions); the stop after epoch 6 falls between two reductions.
+    spec = (mt.OptimizerSpec("sgdw", learning_rate=1e-9, weight_decay=0.0) if plateau
+            else mt.OptimizerSpec("sgdw", learning_rate=0.1, weight_decay=5e-3))
+    model, schedule = _fresh(plateau)
+    reference = mt.train(model, data, optimizer=spec, schedule=schedule, epochs=8, verbose=0)
+    reference_masks = [layer.mask.numpy() for layer in masked_layers(model)]
+
+    event, path = threading.Event(), tmp_path / "checkpoint.npz"
+    model, schedule = _fresh(plateau)
+    with pytest.raises(KeyboardInterrupt):
+        mt.train(model, data, optimizer=spec, schedule=schedule, epochs=8, verbose=0, checkpoint=path,
+                 stop_event=event, callbacks=[StopAfter(event, 6)])
+    state, _ = mt.read_checkpoint(path)
+    assert state["epochs_done"] == 6 and len(state["history"]) == 6
+    model, schedule = _fresh(plateau)  # a new process: everything rebuilt from the seed, then the checkpoint
+    resumed = mt.train(model, data, optimizer=spec, schedule=schedule, epochs=8, verbose=0, checkpoint=path)
+    assert resumed.resumed_from == 6
+    assert _without_seconds(resumed.history) == _without_seconds(reference.history)
+    for a, b in zip(reference_masks, [layer.mask.numpy() for layer in masked_layers(model)]):
+        np.testing.assert_array_equal(a, b)
+    if plateau:  # the recorder runs before the plateau callback: an epoch records the lr it trained with
+        rates = [h["learning_rate"] for h in resumed.history]
+        assert rates == pytest.approx([1e-9] * 5 + [5e-10, 2.5e-10, 1.25e-10], rel=1e-6)
+        assert "4 learning-rate reductions at epoch 8" in resumed.message
+
+
+def test_checkpoints_follow_checkpoint_every_and_never_hold_a_partial_epoch(tmp_path):
+    data = _real_bundle()
+    model, schedule = _fresh()
+    written = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if (tmp_path / "c.npz").exists():
+                written.append((epoch + 1, mt.read_checkpoint(tmp_path / "c.npz")[0]["epochs_done"]))
+
+    mt.train(model, data, schedule=schedule, epochs=5, verbose=0, checkpoint=tmp_path / "c.npz", checkpoint_every=2,
+             callbacks=[Spy()])
+    assert written == [(2, 2), (3, 2), (4, 4), (5, 5)]  # every 2nd epoch and the last
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary files left
+
+
+def test_a_stop_request_mid_epoch_leaves_the_last_complete_epoch(tmp_path):
+    data = _real_bundle()
+    model, schedule = _fresh()
+    event = threading.Event()
+
+    class StopInEpoch3(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 3 and batch == 1:
+                event.set()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+    with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+        mt.train(model, data, schedule=schedule, epochs=5, verbose=0, checkpoint=tmp_path / "c.npz",
+                 stop_event=event, callbacks=[StopInEpoch3()])
+    assert mt.read_checkpoint(tmp_path / "c.npz")[0]["epochs_done"] == 2
+
+
+def test_an_unreadable_or_foreign_checkpoint_is_refused_before_anything_is_assigned(tmp_path):
+    data = _real_bundle()
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(mt.CheckpointError, match="bad.npz is not a readable checkpoint"):
+        mt.read_checkpoint(tmp_path / "bad.npz")
+    model, schedule = _fresh()
+    mt.train(model, data, schedule=schedule, epochs=1, verbose=0, checkpoint=tmp_path / "c.npz")
+    other = build_model("fcn", MaskedLayers(seed=5), hidden=(12,))
+    mt.prepare_model(other, steps_per_epoch=data.steps_per_epoch, epochs=2)
+    before = [v.numpy().copy() for v in other.variables]
+    state, arrays = mt.read_checkpoint(tmp_path / "c.npz")
+    with pytest.raises(mt.CheckpointError, match="does not fit"):
+        mt.restore_checkpoint(other, state, arrays)
+    for value, variable in zip(before, other.variables):
+        np.testing.assert_array_equal(value, variable.numpy())
+
+
+def test_a_checkpoint_holds_no_frozen_kernel(tmp_path):
+    data = _real_bundle()
+    model, schedule = _fresh(dropout=0.0)
+    mt.train(model, data, schedule=schedule, epochs=1, verbose=0, checkpoint=tmp_path / "c.npz")
+    state, arrays = mt.read_checkpoint(tmp_path / "c.npz")
+    sizes = sorted(int(a.size) for k, a in arrays.items() if k.startswith("model/"))
+    kernels = [784 * 16, 16 * 10]
+    assert sizes.count(784 * 16) == 1 and sizes.count(16 * 10) == 1  # the masks, not the frozen kernels
+    assert sum(sizes) == sum(kernels) + 2  # masks + 2 thresholds
+    assert len(state["history"]) == 1 and state["plateau"] is None

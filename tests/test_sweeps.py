@@ -3,7 +3,6 @@ and the top-k mask mode inside whole models."""
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,15 +74,15 @@ def _summary(name, accs, rems):
 
 
 def test_comparison_table_against_hand_made_results(tmp_path):
-    results = [({"model.threshold_fraction": 0.4}, _summary("a", [97.0, 98.0], [4.0, 2.0])),
-               ({"model.threshold_fraction": 0.9}, _summary("b", [90.0, 92.0, 94.0], [1.0, 1.0, 1.0]))]
-    text = looper.write_comparison(tmp_path / "cmp", results)
+    results = [({"model.threshold_fraction": 0.4}, _summary("a", [97.0, 98.0], [4.0, 2.0]), tmp_path / "a"),
+               ({"model.threshold_fraction": 0.9}, _summary("b", [90.0, 92.0, 94.0], [1.0, 1.0, 1.0]), tmp_path / "b")]
+    table_csv, text = looper.comparison_table(results)
     lines = text.strip().splitlines()
     assert lines[0] == "| threshold_fraction | runs | failed | test accuracy % | remaining weights % |"
     # mean and sample std by hand: (97, 98) -> 97.5 ± 0.71; (4, 2) -> 3.0 ± 1.41; (90, 92, 94) -> 92 ± 2
     assert lines[2] == "| 0.4 | 2 | 0 | 97.50 ± 0.71 | 3.00 ± 1.41 |"
     assert lines[3] == "| 0.9 | 3 | 0 | 92.00 ± 2.00 | 1.00 ± 0.00 |"
-    rows = list(csv.DictReader((tmp_path / "cmp.csv").read_text().splitlines()))
+    rows = list(csv.DictReader(table_csv.splitlines()))
     assert float(rows[0]["accuracy_mean"]) == pytest.approx(97.5)
     assert float(rows[1]["accuracy_std"]) == pytest.approx(2.0)
 
@@ -100,7 +99,7 @@ def test_topk_keeps_exactly_k_per_layer_and_trains(k):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(128, 784)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, 10, 128), 10)
-    masks = [l.mask.numpy().copy() for l in masked_layers(model)]
+    masks = [layer.mask.numpy().copy() for layer in masked_layers(model)]
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="categorical_crossentropy")
     model.fit(x, y, epochs=2, batch_size=32, verbose=0)
     for layer, before in zip(masked_layers(model), masks):
@@ -118,5 +117,5 @@ def test_topk_supermask_learns():
     model = build_model("fcn", MaskedLayers(mask_mode=TopKMask(0.5), seed=0), hidden=(64, 32))
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05, momentum=0.9), loss="categorical_crossentropy",
                   metrics=["accuracy"])
-    model.fit(data.train, epochs=3, verbose=0, shuffle=False)  # the pipeline shuffles
+    model.fit(data.train, epochs=3, steps_per_epoch=data.steps_per_epoch, verbose=0, shuffle=False)
     assert model.evaluate(data.test, verbose=0, return_dict=True)["accuracy"] > 0.5
