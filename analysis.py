@@ -43,12 +43,15 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
+import tf_logs
+
+tf_logs.import_tensorflow()  # a command-line tool: TensorFlow's start-up noise filtered (SUPERMASK_TF_LOGS=1)
 
 import keras  # noqa: E402
 
 from custom_layers import mask_mode_from_name  # noqa: E402
 from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
+from paper_results import PAPER_RESULTS  # noqa: E402
 from run_folder import (  # noqa: E402
     CONFIG,
     HISTORY,
@@ -73,12 +76,19 @@ FORMATS = ("png", "pdf")
 # --------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class ConfigResults:
-    """One config's results: its directory, a label, its config mapping and its (ok) run directories."""
+    """One config's results: its directory, a label (the config's name, or a sweep combination's varying keys),
+    the sweep it belongs to (None for a plain config), its config mapping and its (ok) run directories."""
 
     path: Path
     label: str
     config: dict
     runs: list[Path]
+    group: str | None = None
+
+    @property
+    def title(self) -> str:
+        """'sweep: key=value' for a sweep combination, else the label."""
+        return f"{self.group}: {self.label}" if self.group else self.label
 
     @property
     def model(self) -> dict:
@@ -102,9 +112,16 @@ def _label(path: Path) -> str:
     return re.sub(r"-[0-9a-f]{8}$", "", path.name) or path.name
 
 
+def _sweep_of(path: Path, config: dict) -> str | None:
+    """The sweep a results folder belongs to: <output_dir>/<sweep name>/<key=value,...>-<hash>."""
+    name = config.get("name")
+    return name if name and path.parent.name == name and "=" in path.name else None
+
+
 def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
-    """ConfigResults for every results directory found below `paths` that has at least one ok run. Labels are
-    the directory names without the hash; duplicates get their parent's name (and then the hash) added."""
+    """ConfigResults for every results directory found below `paths` that has at least one ok run. A plain
+    config is labelled by its name, a sweep combination by its keys (and grouped under its sweep); duplicates get
+    their parent's name (and then the hash) added."""
     results = []
     for directory in find_results_dirs(paths):
         runs = run_dirs(directory)
@@ -112,14 +129,16 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
             log.warning("%s: no finished ok run, skipped", directory)
             continue
         config = read_config_mapping(directory / CONFIG) or read_config_mapping(runs[0] / CONFIG)
-        results.append(ConfigResults(directory, _label(directory), config, runs))
-    renames = (lambda r: f"{r.path.parent.name}/{_label(r.path)}", lambda r: f"{r.path.parent.name}/{r.path.name}")
+        group = _sweep_of(directory, config)
+        label = _label(directory) if group else str(config.get("name") or _label(directory))
+        results.append(ConfigResults(directory, label, config, runs, group))
+    renames = (lambda r: f"{r.path.parent.name}/{r.label}", lambda r: f"{r.path.parent.name}/{r.path.name}")
     for attempt in renames:
         counts: dict[str, int] = {}
         for r in results:
-            counts[r.label] = counts.get(r.label, 0) + 1
+            counts[r.title] = counts.get(r.title, 0) + 1
         for r in results:
-            if counts[r.label] > 1:
+            if counts[r.title] > 1:
                 r.label = attempt(r)
     return results
 
@@ -198,6 +217,22 @@ def mean_layer_fractions(runs: Sequence) -> dict[str, dict[str, float]]:
     for name in names:
         present = [f[name] for f in per_run if name in f]
         out[name] = {k: float(np.mean([p[k] for p in present])) for k in ("kept", "inverted", "hidden")}
+    return out
+
+
+def surviving_units(runs: Sequence) -> dict[str, dict[str, float]]:
+    """{layer: {"units", "mean", "min", "max"}}: how many of a layer's output units keep both an incoming and an
+    outgoing weight (layers.json "surviving_units", written by the looper from shrink.analyze), over runs (run
+    directories or layers.json mappings). Layers without the record (runs made before it existed) are left out."""
+    per_run = [read_json(Path(r) / LAYERS) if isinstance(r, (str, os.PathLike)) else r for r in runs]
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(name for layers in per_run for name in layers):
+        values = [layers[name]["surviving_units"] for layers in per_run
+                  if name in layers and layers[name].get("surviving_units") is not None]
+        if values:
+            units = next(layers[name]["units"] for layers in per_run if layers.get(name, {}).get("units"))
+            out[name] = {"units": float(units), "mean": float(np.mean(values)), "min": float(min(values)),
+                         "max": float(max(values))}
     return out
 
 
@@ -347,7 +382,7 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
         if epochs.size == 0:
             continue
         style = "--" if r.is_baseline else "-"
-        label = f"{r.label} (n={len(r.runs)})"
+        label = f"{r.title} (n={len(r.runs)})"
         for ax, key, scale in ((ax_acc, "test_accuracy", 100.0), (ax_rem, "remaining_percent", 1.0)):
             stats = agg[key]
             ax.plot(epochs, scale * stats["mean"], style, color=color, label=label, lw=1.5)
@@ -362,30 +397,82 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
     return _save(fig, out_dir, "training_curves", formats)
 
 
-def plot_tradeoff(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
-    """Final test accuracy against remaining weights (log x), mean +- std; baselines as squares at 100 %."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r, color in zip(results, _colors(len(results))):
+def paper_rows_of(results: Sequence[ConfigResults]) -> list[str]:
+    """The paper rows (paper_results keys) that the configs compare with: their `paper:` key, else their
+    architecture's row (a sweep of the FCN compares with the FCN row), Supermask rows first."""
+    rows = []
+    for r in results:
+        row = r.config.get("paper") or (r.architecture + ("_baseline" if r.is_baseline else ""))
+        if row in PAPER_RESULTS and row not in rows:
+            rows.append(row)
+    return sorted(rows, key=lambda row: row.endswith("_baseline"))
+
+
+def tradeoff_points(results: Sequence[ConfigResults]) -> list[dict]:
+    """One point per config: {title, label, group, baseline, accuracy (stats), remaining (stats)}, from the final
+    metrics of its runs (run_folder.summary_statistics)."""
+    points = []
+    for r in results:
         stats = final_statistics(r.runs)
-        acc, rem = stats["test_accuracy_percent"], stats["remaining_percent"]
-        if not (math.isfinite(acc["mean"]) and math.isfinite(rem["mean"])):
+        if stats["test_accuracy_percent"]["mean"] is None:
             continue
-        marker, face = ("s", "white") if r.is_baseline else ("o", color)
-        label = f"{r.label}{' (baseline)' if r.is_baseline else ''}"
-        ax.errorbar(rem["mean"], acc["mean"], xerr=rem["std"], yerr=acc["std"], fmt=marker, color=color,
-                    markerfacecolor=face, markersize=8, capsize=3, label=label)
+        points.append({"title": r.title, "label": r.label, "group": r.group, "baseline": r.is_baseline,
+                       "accuracy": stats["test_accuracy_percent"], "remaining": stats["remaining_percent"]})
+    return points
+
+
+def plot_tradeoff(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
+    """Final test accuracy against remaining weights (log x): each config a point (mean ± std over its runs)
+    labelled by what it is, the points of one sweep joined in order of remaining weights, dense baselines as
+    horizontal lines with a ± std band, and the paper's points with their intervals as dashed boxes (its
+    baselines as dotted lines)."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 6))
+    points = tradeoff_points(results)
+    masked = [p for p in points if not p["baseline"]]
+    colors = dict(zip(dict.fromkeys(p["group"] or p["title"] for p in masked), _colors(len(masked) or 1)))
+    for group in {p["group"] for p in masked if p["group"]}:
+        members = sorted((p for p in masked if p["group"] == group), key=lambda p: p["remaining"]["mean"])
+        ax.plot([p["remaining"]["mean"] for p in members], [p["accuracy"]["mean"] for p in members], "-",
+                color=colors[group], lw=1, alpha=0.6)
+    for p in masked:
+        color = colors[p["group"] or p["title"]]
+        ax.errorbar(p["remaining"]["mean"], p["accuracy"]["mean"], xerr=p["remaining"]["std"],
+                    yerr=p["accuracy"]["std"], fmt="o", color=color, markersize=6, capsize=3,
+                    label=f"{p['title']} (n={p['accuracy']['n']})")
+        ax.annotate(p["label"], (p["remaining"]["mean"], p["accuracy"]["mean"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7, color=color)
+    for p in (p for p in points if p["baseline"]):
+        mean, std = p["accuracy"]["mean"], p["accuracy"]["std"]
+        line = ax.axhline(mean, color="0.35", lw=1.2, label=f"baseline {p['title']} (n={p['accuracy']['n']})")
+        ax.axhspan(mean - std, mean + std, color=line.get_color(), alpha=0.12, lw=0)
+    for row in paper_rows_of(results):
+        paper = PAPER_RESULTS[row]
+        if paper.remaining_percent is None:  # a baseline row
+            ax.axhline(paper.accuracy, color="k", ls=":", lw=1.2, label=f"paper {paper.model} {paper.accuracy}")
+            continue
+        ax.plot(paper.remaining_percent, paper.accuracy, "k*", markersize=12,
+                label=f"paper {paper.model} {paper.accuracy} % at {paper.remaining_percent} %")
+        if paper.accuracy_interval and paper.remaining_interval:
+            (a0, a1), (r0, r1) = paper.accuracy_interval, paper.remaining_interval
+            ax.add_patch(Rectangle((r0, a0), r1 - r0, a1 - a0, fill=False, ls="--", lw=1.2, ec="k"))
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(_plain_log_formatter())
-    ax.set(xlabel="remaining weights (%)", ylabel="final test accuracy (%)",
-           title="Accuracy vs remaining weights (mean ± std over runs)")
+    ax.xaxis.set_minor_formatter(_plain_log_formatter())
+    ax.set(xlabel="remaining weights (%, log scale)", ylabel="final test accuracy (%)",
+           title="Accuracy vs remaining weights (mean ± std over runs; dashed box: the paper's interval)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
     return _save(fig, out_dir, "tradeoff", formats)
 
 
 def plot_layer_fractions(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
-    """Stacked bars of the kept / inverted / hidden fraction of every layer (mean over runs), a panel per config."""
+    """Stacked bars of the kept / inverted / hidden fraction of every layer (mean over runs), a panel per config,
+    and beside each bar the layer's surviving units (% of its units; mean with the min-max range over runs, black
+    diamonds): what shrink would keep of it."""
     plt = _pyplot()
     panels = []
     for r in results:
@@ -400,6 +487,7 @@ def plot_layer_fractions(results: Sequence[ConfigResults], out_dir: Path, format
     colors = {"kept": np.array(KEPT_RGB) / 255, "inverted": np.array(INVERTED_RGB) / 255, "hidden": "0.85"}
     for ax, (r, fractions) in zip(axes.flat, panels):
         names = list(fractions)
+        units = surviving_units([run for run in r.runs if (run / LAYERS).is_file()])
         x = np.arange(len(names))
         bottom = np.zeros(len(names))
         for state in ("kept", "inverted", "hidden"):
@@ -410,13 +498,21 @@ def plot_layer_fractions(results: Sequence[ConfigResults], out_dir: Path, format
                 for xi, top in zip(x, bottom):
                     ax.text(xi, min(100 * top + 1.5, 92), f"{100 * top:.3g}%", ha="center", va="bottom",
                             fontsize=6 if len(names) > 12 else 8, rotation=90 if len(names) > 12 else 0)
+        alive = [n for n in names if n in units]
+        if alive:
+            xs = np.array([names.index(n) for n in alive]) + 0.3
+            mean = np.array([100 * units[n]["mean"] / units[n]["units"] for n in alive])
+            low = mean - np.array([100 * units[n]["min"] / units[n]["units"] for n in alive])
+            high = np.array([100 * units[n]["max"] / units[n]["units"] for n in alive]) - mean
+            ax.errorbar(xs, mean, yerr=[low, high], fmt="D", color="k", markersize=4, capsize=2, lw=1,
+                        label="surviving units %")
         ax.set_xticks(x, names, rotation=90 if len(names) > 6 else 0, fontsize=7 if len(names) > 12 else 9)
-        ax.set(ylabel="% of the layer's weights", ylim=(0, 100), title=f"{r.label} (n={len(r.runs)})")
+        ax.set(ylabel="% of the layer's weights (units: ◆)", ylim=(0, 100), title=f"{r.title} (n={len(r.runs)})")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=9, frameon=False)
+    fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=9, frameon=False)
     return _save(fig, out_dir, "layer_fractions", formats)
 
 
@@ -466,8 +562,8 @@ def fcn_figure1(r: ConfigResults, out_dir: Path, sample: np.ndarray, sample_sour
     """Figure 1 for one FCN config from run `run_index` (position in its ok runs)."""
     run = r.runs[min(run_index, len(r.runs) - 1)]
     name, mask = first_layer_mask(run)
-    title = f"{r.label} / {run.name}: effective mask of {name} ({mask.shape[0]}x{mask.shape[1]}, mode {r.mask_mode})"
-    return plot_figure1(mask, sample, out_dir, f"figure1_{_safe_name(r.label)}", title=title,
+    title = f"{r.title} / {run.name}: effective mask of {name} ({mask.shape[0]}x{mask.shape[1]}, mode {r.mask_mode})"
+    return plot_figure1(mask, sample, out_dir, f"figure1_{_safe_name(r.title)}", title=title,
                         sample_source=sample_source, formats=formats)
 
 
@@ -479,7 +575,7 @@ def make_figures(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
     results = load_results(paths)
     if not results:
         raise ValueError(f"no results directory with a finished run below {', '.join(map(str, paths))}")
-    log.info("%d config(s): %s", len(results), ", ".join(r.label for r in results))
+    log.info("%d config(s): %s", len(results), ", ".join(r.title for r in results))
     written = plot_training_curves(results, out_dir, formats)
     written += plot_tradeoff(results, out_dir, formats)
     written += plot_layer_fractions(results, out_dir, formats)
@@ -490,7 +586,7 @@ def make_figures(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
             try:
                 written += fcn_figure1(r, out_dir, sample, source, run_index=run_index, formats=formats)
             except (OSError, ValueError, KeyError) as exc:
-                log.warning("%s: no Figure 1 (%s)", r.label, exc)
+                log.warning("%s: no Figure 1 (%s)", r.title, exc)
     return written
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import config as config_lib
 import data_preprocessor
 import run_folder
+import tf_logs
 from config import ConfigErrors, ExperimentConfig
 from paper_results import PAPER_RESULTS
 from run_folder import RunClaim, RunFileError
@@ -136,6 +137,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
     import keras
 
     import model_trainer
+    import shrink
     from custom_layers import count_parameters
     from data_preprocessor import load_dataset
 
@@ -169,6 +171,10 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
     if result.resumed_from:
         log.info("%s: resumed after epoch %d of %d", run_dir.name, result.resumed_from, t.epochs)
     final = result.final
+    units = shrink.analyze(model)  # which units survive: the effective architecture
+    layers = final.get("layers", {})
+    for name, counts in layers.items():
+        counts["units"], counts["surviving_units"] = units.before.get(name), units.after.get(name)
     ok_history = [h for h in result.history if h.get("test_accuracy") is not None]
     metrics = {
         "status": result.status,
@@ -187,9 +193,11 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
         "seconds": result.seconds,
         "seconds_per_epoch": result.seconds / max(1, len(result.history)),
         "precision": t.mixed_precision or "float32",
+        "architecture": units.architecture,
+        "surviving_inputs": len(units.input_survivors),
     }
     run_folder.atomic_write_json(run_dir / run_folder.HISTORY, result.history)
-    run_folder.atomic_write_json(run_dir / run_folder.LAYERS, final.get("layers", {}))
+    run_folder.atomic_write_json(run_dir / run_folder.LAYERS, layers)
     run_folder.save_weights_npz(model, run_dir / run_folder.MASKS)
     run_folder.save_compact(model, run_dir / run_folder.COMPACT)  # ternary masks + BN: the exact trained model
     run_folder.atomic_write_json(run_dir / run_folder.METRICS, metrics)
@@ -493,6 +501,7 @@ def main(argv=None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    tf_logs.import_tensorflow()  # the config is valid: TensorFlow from here on, its start-up noise filtered
     if args.dry_run:
         try:
             return dry_run(combos)

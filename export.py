@@ -23,13 +23,18 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import keras
 import numpy as np
 
-import run_folder
-from compact import MAX_MASK_BITS
-from custom_layers import MaskedKernelMixin, kernel_layers, layer_counts, leaf_layers
-from shrink import input_indices, load_shrunk, save_shrunk, shrink, strip
+import tf_logs
+
+tf_logs.import_tensorflow()  # a command-line tool: TensorFlow's start-up noise filtered (SUPERMASK_TF_LOGS=1)
+
+import keras  # noqa: E402
+
+import run_folder  # noqa: E402
+from compact import MAX_MASK_BITS  # noqa: E402
+from custom_layers import MaskedKernelMixin, kernel_layers, layer_counts, leaf_layers  # noqa: E402
+from shrink import input_indices, load_shrunk, save_shrunk, shrink, strip  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +186,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export a trained signed-Supermask run: stripped and shrunk .keras "
                                             "(stock layers), the compact .npz, a size table and the effective "
                                             "architecture.")
-    p.add_argument("run_dir", help="a looper run directory (holding config.yaml and masks.npz)")
+    p.add_argument("run_dir", help="a looper run directory (config.yaml and masks.npz) or a ledger run (config.yaml "
+                                    "and compact.npz)")
     p.add_argument("--out", help=f"output directory (default RUN_DIR/{run_folder.EXPORT})")
     p.add_argument("--check-accuracy", action="store_true",
                    help="evaluate the trained, compact, stripped and shrunk models on the test set (else the "
@@ -241,9 +247,10 @@ def main(argv=None) -> int:
     from config import ConfigErrors
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / run_folder.CONFIG).is_file() or not (run_dir / run_folder.MASKS).is_file():
-        print(f"error: {run_dir} is not a run directory ({run_folder.CONFIG} and {run_folder.MASKS} expected)",
-              file=sys.stderr)
+    if not (run_dir / run_folder.CONFIG).is_file() or not any((run_dir / name).is_file() for name in (
+            run_folder.MASKS, run_folder.COMPACT)):
+        print(f"error: {run_dir} is not a run directory ({run_folder.CONFIG} and {run_folder.MASKS} or "
+              f"{run_folder.COMPACT} expected)", file=sys.stderr)
         return 2
     # Without an accuracy check no data is read: validate the config as synthetic so a missing data_dir is no error.
     source = args.data_source if args.check_accuracy else "synthetic"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import config as config_lib
 import run_folder
+import tf_logs
 
 
 def main(argv=None) -> int:
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
 
+    tf_logs.import_tensorflow()
     out = Path(args.out)
     for run, seed in enumerate(cfg.seeds()):
         model = run_folder.build_run_model(cfg, seed, run)

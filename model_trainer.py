@@ -596,7 +596,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             return
         from run_folder import atomic_savez
 
-        atomic_savez(self.path, checkpoint_arrays(self.model, self.history, self.extra_state()))
+        # Uncompressed: a checkpoint lives for one epoch, and deflating float32 masks costs more than it saves.
+        atomic_savez(self.path, checkpoint_arrays(self.model, self.history, self.extra_state()), compress=False)
         self.written_epochs.append(done)
 
 

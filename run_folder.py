@@ -10,7 +10,7 @@ and writing what a run leaves behind.
             config.yaml    resolved config with this run's seed and index
             metrics.json   status (ok | failed), final accuracy, remaining weights, seconds, ...
             history.json   one entry per epoch (train/test loss and accuracy, lr, remaining weights per layer)
-            layers.json    final per-layer kept / inverted / hidden counts, and the surviving units
+            layers.json    final per-layer kept / inverted / hidden counts, units and surviving units
             masks.npz      final frozen kernels, masks and thresholds (load_weights_npz)
             compact.npz    the trained network in ~2 bits per weight, BN included (load_compact)
             tensorboard/   with training.tensorboard: true
@@ -169,10 +169,11 @@ def atomic_save_model(model, path) -> None:
         raise
 
 
-def atomic_savez(path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed into a temporary file in the same directory, fsync, then rename onto `path`."""
+def atomic_savez(path, arrays: dict[str, np.ndarray], *, compress: bool = True) -> None:
+    """np.savez_compressed (np.savez with compress=False) into a temporary file in the same directory, fsync, then
+    rename onto `path`."""
     with _atomic_file(path, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
 
 
 def config_yaml(cfg: ExperimentConfig, **extra) -> str:
@@ -538,12 +539,22 @@ def read_run(directory) -> RunRecord:
                      read_json(directory / LAYERS), read_config_mapping(directory / CONFIG))
 
 
+def migrate_raw_config(raw: dict) -> dict:
+    """A config mapping written by an earlier version, in today's schema: renamed initialisation presets get
+    their new names (hparams.RENAMED_PRESETS), so old results folders stay readable."""
+    model = raw.get("model") or {}
+    for key in ("weight_init", "mask_init"):
+        if isinstance(model.get(key), str) and model[key] in hparams.RENAMED_PRESETS:
+            model[key] = hparams.RENAMED_PRESETS[model[key]]
+    return raw
+
+
 def read_run_config(directory, *, data_source: str | None = None, data_dir: str | None = None):
     """(ExperimentConfig, seed, run) of a run directory. The looper's extra 'seed' / 'run' keys are dropped before
     validation; weights_file / masks_file are dropped too (masks.npz holds the final kernels). data_source /
     data_dir replace the recorded ones (e.g. 'synthetic' when no data is read)."""
     directory = Path(directory)
-    raw = read_config_mapping(directory / CONFIG)
+    raw = migrate_raw_config(read_config_mapping(directory / CONFIG))
     run = int(raw.pop("run", 0))
     seed = raw.pop("seed", None)
     raw.setdefault("model", {})

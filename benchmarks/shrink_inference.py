@@ -5,11 +5,11 @@
 
 Models, side by side in one process:
     baseline  the dense network of the same architecture (custom_layers.BaselineLayers), stock Dense / Conv2D
-    stripped  export.strip(supermask): stock layers with kernel w * M, the same shapes as the baseline
+    stripped  shrink.strip(supermask): stock layers with kernel w * M, the same shapes as the baseline
     shrunk    shrink.shrink(supermask).model: the stripped model without its dead units (fed x[..., survivors])
 
-Supermask source: `--run-dir` rebuilds a trained looper run the way export.load_run_model does
-(run_folder.load_run_model once the refactor moves it there); otherwise
+Supermask source: `--run-dir` rebuilds a trained looper run (or a ledger run, from its compact artifact) with
+run_folder.load_run_model; otherwise
 `--model NAME --synthetic-masks F` builds the Supermask with random effective masks: every weight is kept with
 probability F (signs 50/50, per layer), and, with `--bn random` (default), BN layers get random non-trivial
 statistics (beta, mean != 0, as after training; `--bn default` keeps the initial identity BN, which maps 0 to 0
@@ -27,14 +27,13 @@ eager per-layer Python overhead, which dominates batch-1 eager calls and is the 
 Rounds are interleaved (A B C, C B A, ...: common.interleaved); ratios are medians over rounds of the per-round
 ratio (common.paired_ratio), for shrunk/stripped and shrunk/baseline. File sizes: the Supermask's model.save
 (.keras: float32 w, m, tau), the stripped .keras, the shrunk .keras (+ its survivors sidecar) and the compact
-artifact (export.save_compact, or run_folder.save_compact where it moved).
+artifact (run_folder.save_compact).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import statistics
@@ -50,6 +49,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import _common as common  # noqa: E402  (puts the repository on sys.path, quiets TF)
+import run_folder  # noqa: E402
 import shrink  # noqa: E402
 from architectures import build_model  # noqa: E402
 from custom_layers import BaselineLayers, MaskedLayers, masked_layers  # noqa: E402
@@ -90,43 +90,12 @@ def synthetic_models(name: str, fraction: float, seed: int, bn: str):
     return supermask, baseline, text
 
 
-def _available(*specs):
-    """[(spec, function)] for the 'module:attribute' specs that exist now, in order. The run-directory and compact
-    helpers are moving from export / experiment_looper to run_folder; take whichever is there."""
-    out = []
-    for spec in specs:
-        module, _, name = spec.partition(":")
-        try:
-            out.append((spec, getattr(importlib.import_module(module), name)))
-        except Exception as exc:  # noqa: BLE001  (missing, moved, or a module mid-edit)
-            log.debug("%s unavailable: %s", spec, exc)
-            continue
-    if not out:
-        raise ImportError(f"none of {', '.join(specs)} is available")
-    return out
-
-
-def _call_first(specs, *args, **kwargs):
-    """Call the first available function of `specs` that works (an AttributeError inside one means its module is
-    mid-refactor: try the next)."""
-    errors = []
-    for spec, fn in _available(*specs):
-        try:
-            return fn(*args, **kwargs)
-        except AttributeError as exc:
-            errors.append(f"{spec}: {exc}")
-            log.warning("%s failed (%s); trying the next candidate", spec, exc)
-    raise RuntimeError("; ".join(errors))
-
-
 def run_dir_models(run_dir: Path):
-    """(supermask, baseline, description) of a looper run directory, rebuilt like export.load_run_model."""
-    cfg, seed, run = _call_first(("run_folder:read_run_config", "export:load_run_config"), run_dir,
-                                 data_source="synthetic")
-    supermask = _call_first(("run_folder:load_run_model", "export:load_run_model"), run_dir, cfg, seed, run)
-    build_run_model = _available("run_folder:build_run_model", "experiment_looper:build_run_model")[0][1]
-    baseline_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mask_mode="none"))
-    baseline = build_run_model(baseline_cfg, seed, run)
+    """(supermask, baseline, description) of a looper or ledger run directory (run_folder.load_run_model)."""
+    cfg, seed, run = run_folder.read_run_config(run_dir, data_source="synthetic")
+    supermask = run_folder.load_run_model(run_dir, cfg, seed, run)
+    baseline_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, mask_mode="none", weight_init=None))
+    baseline = run_folder.build_run_model(baseline_cfg, seed, run)
     text = (f"looper run directory {run_dir} (its saved masks): {cfg.model.architecture}, "
             f"mask_mode {cfg.model.mask_mode}, seed {seed}")
     return supermask, baseline, text
@@ -167,7 +136,7 @@ def file_sizes(supermask, stripped, result, directory: Path) -> dict[str, int]:
     supermask.save(paths["supermask_keras"])
     stripped.save(paths["stripped_keras"])
     saved = shrink.save_shrunk(result, paths["shrunk_keras"])
-    _call_first(("run_folder:save_compact", "export:save_compact"), supermask, paths["compact_npz"])
+    run_folder.save_compact(supermask, paths["compact_npz"])
     sizes = {key: int(path.stat().st_size) for key, path in paths.items()}
     sizes["shrunk_sidecar_json"] = int(saved["sidecar"].stat().st_size)
     return sizes
@@ -209,9 +178,7 @@ def main(argv=None) -> int:
         supermask, baseline, source = run_dir_models(args.run_dir)
     else:
         supermask, baseline, source = synthetic_models(args.model, args.synthetic_masks, args.seed, args.bn)
-    import export
-
-    stripped = export.strip(supermask)
+    stripped = shrink.strip(supermask)
     start = time.perf_counter()
     result = shrink.shrink(supermask)
     shrink_seconds = time.perf_counter() - start

@@ -47,7 +47,9 @@ def write_run(directory: Path, key: str, run: int, status="ok"):
     history = [{"epoch": e + 1, "test_accuracy": ACC[key][run][e], "remaining_percent": REM[key][run][e]}
                for e in range(3)]
     (directory / "history.json").write_text(json.dumps(history))
-    (directory / "layers.json").write_text(json.dumps(LAYERS[key][run]))
+    layers = {name: {**counts, "units": counts["total"] // 10, "surviving_units": counts["kept"] // 2 + run}
+              for name, counts in LAYERS[key][run].items()}
+    (directory / "layers.json").write_text(json.dumps(layers))
     (directory / "metrics.json").write_text(json.dumps(
         {"status": status, "test_accuracy": ACC[key][run][-1], "remaining_percent": REM[key][run][-1]}))
     arrays = {"dense_0/kernel": np.ones((784, 5), "float32")}
@@ -65,7 +67,7 @@ def results(tmp_path):
         config_dir = root / name
         for run in range(2):
             write_run(config_dir / f"run_{run:03d}", key, run)
-        (config_dir / "config.yaml").write_text(yaml.safe_dump({"name": key, "model": {
+        (config_dir / "config.yaml").write_text(yaml.safe_dump({"name": "sweep", "model": {
             "architecture": "fcn", "mask_mode": "none" if key == "base" else "signed"}}))
     write_run(root / "mode=signed-0123abcd" / "run_002", "sig", 0, status="failed")  # ignored
     (root / "mode=signed-0123abcd" / "run_003.partial").mkdir()  # ignored
@@ -81,8 +83,9 @@ def test_find_results_dirs_and_runs(results):
     assert [p.name for p in analysis.run_dirs(expected[1])] == ["run_000", "run_001"]
     assert [p.name for p in analysis.run_dirs(expected[1], ok_only=False)] == ["run_000", "run_001", "run_002"]
     loaded = analysis.load_results([results])
-    assert [(r.label, r.is_baseline, len(r.runs)) for r in loaded] == [("mode=none", True, 2),
-                                                                       ("mode=signed", False, 2)]
+    assert [(r.label, r.group, r.is_baseline, len(r.runs)) for r in loaded] == [
+        ("mode=none", "sweep", True, 2), ("mode=signed", "sweep", False, 2)]
+    assert loaded[1].title == "sweep: mode=signed"
 
 
 # ------------------------------------------------------------------------------------------------ numbers
@@ -117,6 +120,19 @@ def test_final_statistics_and_layer_fractions(results):
     mean = analysis.mean_layer_fractions(runs)
     assert mean["dense_0"] == pytest.approx({"kept": 0.15, "inverted": 0.10, "hidden": 0.75})
     assert mean["output"] == pytest.approx({"kept": 0.3, "inverted": 0.1, "hidden": 0.6})
+
+
+def test_tradeoff_points_surviving_units_and_paper_rows(results):
+    loaded = analysis.load_results([results])
+    points = analysis.tradeoff_points(loaded)
+    assert [(p["title"], p["baseline"]) for p in points] == [("sweep: mode=none", True), ("sweep: mode=signed", False)]
+    assert points[1]["accuracy"]["mean"] == pytest.approx(80.0) and points[1]["remaining"]["mean"] == 7.5
+    assert analysis.paper_rows_of(loaded) == ["fcn", "fcn_baseline"]  # the architecture's rows
+    runs = analysis.run_dirs(results / "sweep" / "mode=signed-0123abcd")
+    units = analysis.surviving_units(runs)
+    # dense_0: 100 weights -> "units" 10; surviving kept // 2 + run: run 0: 10 // 2 = 5, run 1: 20 // 2 + 1 = 11
+    assert units["dense_0"] == {"units": 10.0, "mean": 8.0, "min": 5.0, "max": 11.0}
+    assert analysis.surviving_units([{"dense_0": {"kept": 1, "inverted": 0, "hidden": 0, "total": 1}}]) == {}
 
 
 def test_first_layer_mask_and_pixel_keep_counts(results):
@@ -174,11 +190,11 @@ def test_cli_writes_every_figure_as_png_and_pdf(results, tmp_path, capsys):
     np.savez(tmp_path / "sample.npz", x_test=x)
     out = tmp_path / "figures"
     assert analysis.main([str(results), "--out", str(out), "--sample-npz", str(tmp_path / "sample.npz")]) == 0
-    for stem in ("training_curves", "tradeoff", "layer_fractions", "figure1_mode=signed"):
+    for stem in ("training_curves", "tradeoff", "layer_fractions", "figure1_sweep_mode=signed"):
         png, pdf = out / f"{stem}.png", out / f"{stem}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000, stem
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000, stem
-    assert not list(out.glob("figure1_mode=none*"))  # no Figure 1 for a baseline
+    assert not list(out.glob("figure1_*mode=none*"))  # no Figure 1 for a baseline
     assert str(out / "tradeoff.png") in capsys.readouterr().out
     assert analysis.main([str(tmp_path / "empty_dir_that_is_missing"), "--out", str(out)]) == 2
 
@@ -211,4 +227,4 @@ def test_duplicate_config_names_get_distinct_labels(tmp_path):
     for parent, name in (("a", "fcn-11111111"), ("b", "fcn-22222222"), ("b", "fcn-33333333")):
         write_run(tmp_path / parent / name / "run_000", "sig", 0)
     labels = [r.label for r in analysis.load_results([tmp_path])]
-    assert labels == ["a/fcn", "b/fcn-22222222", "b/fcn-33333333"]
+    assert labels == ["a/sig", "b/fcn-22222222", "b/fcn-33333333"]  # by config name, made unique

@@ -23,3 +23,17 @@ def test_minimal_working_example_runs_offline(tmp_path):
     accuracy = float(re.search(r"test accuracy: ([\d.]+) %", proc.stdout).group(1))
     remaining = float(re.search(r"remaining weights: ([\d.]+) % \((\d+) of 266200\)", proc.stdout).group(1))
     assert accuracy > 50 and 0 < remaining < 60
+
+
+def test_the_readme_library_snippet_runs(tmp_path, monkeypatch):
+    """The README's "Library use" block, run as written on random data."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Library use", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    namespace = {"x": rng.normal(size=(256, 784)).astype("float32"),
+                 "y": np.eye(10, dtype="float32")[rng.integers(0, 10, 256)]}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    for name in ("stripped.keras", "compact.npz"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert namespace["small"].architecture.startswith("784-300-10 → ")

@@ -57,6 +57,10 @@ def test_end_to_end_files_and_summary(tmp_path, capsys):
         assert m["remaining_percent"] == history[-1]["remaining_percent"]
         layers = json.loads((run_dir / "layers.json").read_text())
         assert sum(v["kept"] + v["inverted"] for v in layers.values()) == m["remaining_weights"]
+        # the effective architecture: input features and units that keep both incoming and outgoing weights
+        assert [layers[n]["units"] for n in ("dense_0", "dense_1", "output")] == [300, 100, 10]
+        assert m["architecture"] == (f"784-300-100-10 → {m['surviving_inputs']}-{layers['dense_0']['surviving_units']}"
+                                     f"-{layers['dense_1']['surviving_units']}-10")
         with np.load(run_dir / "masks.npz", allow_pickle=False) as data:
             assert "dense_0/mask" in data.files and data["dense_0/mask"].shape == (784, 300)
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 11 + int(run_dir.name[4:])
@@ -425,11 +429,11 @@ def test_a_full_disk_is_a_clear_error_and_earlier_runs_stay(tmp_path, capsys, mo
     real = run_folder.atomic_savez
     written = []
 
-    def disk_fills_up(target, arrays):
+    def disk_fills_up(target, arrays, **kwargs):
         written.append(Path(target).name)
         if len(written) > 2:  # run 0 wrote its masks and compact artifact; then the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        return real(target, arrays)
+        return real(target, arrays, **kwargs)
 
     monkeypatch.setattr(run_folder, "atomic_savez", disk_fills_up)
     assert looper.main([str(path), "--out", str(tmp_path / "out"), "--set", "training.checkpoint_every=0"]) == 1

@@ -1,0 +1,305 @@
+"""The results ledger: every number the README reports, committed with what produced it.
+
+    python ledger.py add RESULTS_DIR --reports conv2 --command "python experiment_looper.py configs/conv2.yaml ..."
+    python ledger.py table            print the reproduction status table (README) and the entry list (docs)
+    python ledger.py table --write    write them into README.md and docs/reproducing.md between their markers
+    python ledger.py table --check    exit 1 when README.md or docs/reproducing.md differ from the ledger
+
+An entry is one results folder (one config, its N runs), copied by `add` into ledger/<entry>/:
+
+    entry.json           what produced it: the command, the code commit, the data source, the precision, the
+                         resolved identity, when it was added, which paper row it stands for (`reports`), and per
+                         run the seed, final and best test accuracy, remaining weights, seconds, effective
+                         architecture; the summary (mean, std, min, max over the runs)
+    config.yaml          the resolved config
+    run_000/ ...         each run's config.yaml, metrics.json, history.json (every epoch), layers.json (per layer
+                         kept / inverted / hidden) and compact.npz (the trained Supermask in ~2 bits per weight:
+                         `python export.py ledger/<entry>/run_000 --check-accuracy ...` recomputes the recorded test
+                         accuracy without training). Baselines keep no artifact (their float32 kernels are MBs),
+                         and no run keeps masks.npz (the real-valued masks, MBs; the artifact reproduces the model).
+
+The entry's name is its results folder's name under today's identity rule (run_folder.results_dir), so a run made
+before a rename of the identity lands where the same command would put it now. `reports` ties an entry to a row of
+the paper's table (paper_results.PAPER_RESULTS): the README's status table is built from those entries only;
+other entries (recipe screens, precision checks) are listed in docs/reproducing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import config as config_lib
+import run_folder
+from paper_results import PAPER_RESULTS
+
+ROOT = Path(__file__).resolve().parent
+LEDGER = ROOT / "ledger"
+ENTRY = "entry.json"
+KEPT_RUN_FILES = (run_folder.CONFIG, run_folder.METRICS, run_folder.HISTORY, run_folder.LAYERS)
+README = ROOT / "README.md"
+REPRODUCING = ROOT / "docs" / "reproducing.md"
+TABLE_MARKERS = ("<!-- ledger:status:begin -->", "<!-- ledger:status:end -->")
+ENTRIES_MARKERS = ("<!-- ledger:entries:begin -->", "<!-- ledger:entries:end -->")
+PAPER_ROWS = ("fcn", "conv2", "conv4", "conv6", "conv8", "resnet20", "resnet20x2", "resnet20x3", "resnet56",
+              "resnet110")
+# Why a row has no measurement here (the machine this ledger was made on: 2 CPU cores, no GPU, no CIFAR-100).
+NOT_RUN = {
+    "conv6": "not run: ~3-6 h per run on this CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
+    "conv8": "not run: ~6-12 h per run on this CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
+    "resnet20x2": "not run: ~4-8 h per run on this CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
+    "resnet20x3": "not run: ~8-12 h per run on this CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
+    "resnet56": "not run: CIFAR-100 is not on this machine; `configs/resnet56.yaml` with tfds or the archive",
+    "resnet110": "not run: CIFAR-100 is not on this machine; `configs/resnet110.yaml` with tfds or the archive",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entries
+# --------------------------------------------------------------------------------------------------------------
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def entry_name(results: Path) -> tuple[str, config_lib.ExperimentConfig]:
+    """(ledger name, config) of a results folder: its name under today's identity, a sweep's combination
+    flattened into one folder name with '__'."""
+    raw = run_folder.read_config_mapping(Path(results) / run_folder.CONFIG)
+    raw = run_folder.migrate_raw_config(raw)
+    raw.setdefault("data", {})["source"] = "synthetic" if raw["data"].get("source") == "synthetic" else "tfds"
+    raw["data"]["data_dir"] = None
+    cfg = config_lib.parse_config(raw, source=str(Path(results) / run_folder.CONFIG))
+    name = Path(results).name
+    combo = name.rsplit("-", 1)[0] if Path(results).parent.name == cfg.name and "=" in name else None
+    identity = run_folder.config_hash(cfg)
+    return (f"{cfg.name}__{combo}-{identity}" if combo else f"{cfg.name}-{identity}"), cfg
+
+
+def add(results: Path, *, reports: str | None, command: str, commit: str | None = None, note: str = "",
+        ledger: Path = LEDGER) -> Path:
+    """Copy the finished runs of `results` into the ledger (replacing an older copy of the same entry)."""
+    import tf_logs
+
+    tf_logs.import_tensorflow()
+    import shrink  # imports TensorFlow: only `add` needs it
+
+    results = Path(results)
+    name, cfg = entry_name(results)
+    if reports is not None and reports not in PAPER_RESULTS:
+        raise ValueError(f"--reports {reports!r}: not a row of the paper; allowed: {', '.join(PAPER_RESULTS)}")
+    runs = run_folder.run_dirs(results)
+    if not runs:
+        raise ValueError(f"{results} holds no finished run")
+    target = ledger / name
+    staging = ledger / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    shutil.copyfile(results / run_folder.CONFIG, staging / run_folder.CONFIG)
+    records = []
+    for run in runs:
+        run_folder.check_run(run)
+        (staging / run.name).mkdir()
+        for file in KEPT_RUN_FILES:
+            shutil.copyfile(run / file, staging / run.name / file)
+        metrics = run_folder.read_json(run / run_folder.METRICS)
+        architecture = metrics.get("architecture")
+        if cfg.model.masked:
+            shutil.copyfile(run / run_folder.COMPACT, staging / run.name / run_folder.COMPACT)
+            if architecture is None:  # runs made before the looper recorded it
+                architecture = shrink.analyze(run_folder.load_compact(run / run_folder.COMPACT)).architecture
+        records.append({
+            "run": metrics["run"], "seed": metrics["seed"], "epochs_run": metrics["epochs_run"],
+            "test_accuracy_percent": 100.0 * metrics["test_accuracy"],
+            "best_test_accuracy_percent": 100.0 * metrics["best_test_accuracy"],
+            "remaining_percent": metrics["remaining_percent"], "remaining_weights": metrics["remaining_weights"],
+            "total_weights": metrics["total_weights"], "seconds": metrics["seconds"],
+            "seconds_per_epoch": metrics["seconds_per_epoch"], "architecture": architecture,
+        })
+    stats = run_folder.summary_statistics
+    entry = {
+        "name": name, "reports": reports, "paper_row": cfg.paper, "command": command,
+        "code_commit": commit or git_commit(), "results_folder": results.name,
+        "data": {"dataset": cfg.data.dataset, "source": run_folder.read_config_mapping(
+            results / run_folder.CONFIG).get("data", {}).get("source", "tfds")},
+        "architecture": cfg.model.architecture, "mask_mode": cfg.model.mask_mode,
+        "precision": cfg.training.mixed_precision or "float32", "epochs": cfg.training.epochs,
+        "identity": run_folder.identity(cfg), "note": note,
+        "added": datetime.date.today().isoformat(),
+        "summary": {"runs": len(records),
+                    "test_accuracy_percent": stats(r["test_accuracy_percent"] for r in records),
+                    "remaining_percent": stats(r["remaining_percent"] for r in records),
+                    "remaining_weights": stats(r["remaining_weights"] for r in records),
+                    "seconds_per_epoch": stats(r["seconds_per_epoch"] for r in records)},
+        "runs": records,
+    }
+    run_folder.atomic_write_json(staging / ENTRY, entry)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target
+
+
+def entries(ledger: Path = LEDGER) -> list[dict]:
+    """Every entry.json of the ledger, sorted by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(ledger).glob(f"*/{ENTRY}"))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------------------------
+def _mean_std(stats: dict, digits: int = 2) -> str:
+    return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def _paper(value, interval) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
+
+
+def verdict(value: float, interval) -> str | None:
+    """'in' / 'outside' of the paper's interval, None when the paper gives none."""
+    if interval is None:
+        return None
+    return "in" if interval[0] <= value <= interval[1] else "outside"
+
+
+def _measured(entry: dict | None, key: str, digits: int = 2) -> str:
+    if entry is None:
+        return "–"
+    s = entry["summary"]
+    return f"{_mean_std(s[key], digits)} ({s['runs']}×{entry['epochs']} ep.)"
+
+
+def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
+    """The status word of a paper row: in interval / outside (what) / measured (no interval) / not run (why)."""
+    if supermask is None and baseline is None:
+        return NOT_RUN.get(row, "not run yet")
+    paper, paper_base = PAPER_RESULTS[row], PAPER_RESULTS[f"{row}_baseline"]
+    checks = []
+    if supermask is not None:
+        s = supermask["summary"]
+        checks += [("accuracy", verdict(s["test_accuracy_percent"]["mean"], paper.accuracy_interval)),
+                   ("remaining", verdict(s["remaining_percent"]["mean"], paper.remaining_interval))]
+    if baseline is not None:
+        checks.append(("baseline", verdict(baseline["summary"]["test_accuracy_percent"]["mean"],
+                                           paper_base.accuracy_interval)))
+    outside = [what for what, v in checks if v == "outside"]
+    judged = [v for _, v in checks if v is not None]
+    missing = (["Supermask"] if supermask is None else []) + (["baseline"] if baseline is None else [])
+    if outside:
+        status = "outside: " + ", ".join(outside)
+    elif judged:
+        status = "in interval"
+    else:
+        deltas = []
+        if supermask is not None:
+            deltas.append(f"Δ acc {supermask['summary']['test_accuracy_percent']['mean'] - paper.accuracy:+.2f}")
+        if baseline is not None:
+            deltas.append(f"Δ base {baseline['summary']['test_accuracy_percent']['mean'] - paper_base.accuracy:+.2f}")
+        status = "measured (no interval in the paper; " + ", ".join(deltas) + ")"
+    if missing:
+        status += f"; {' and '.join(missing)} not run yet"
+    return status
+
+
+def status_table(all_entries: list[dict]) -> str:
+    """The README's reproduction status table: every paper row, the paper's numbers and ours."""
+    reporting = {e["reports"]: e for e in all_entries if e.get("reports")}
+    lines = ["| row | paper Supermask % | ours | paper remaining % | ours | paper baseline % | ours | status |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in PAPER_ROWS:
+        paper, base = PAPER_RESULTS[row], PAPER_RESULTS[f"{row}_baseline"]
+        supermask, baseline = reporting.get(row), reporting.get(f"{row}_baseline")
+        lines.append(f"| {paper.model} ({paper.dataset}) | {_paper(paper.accuracy, paper.accuracy_interval)} | "
+                     f"{_measured(supermask, 'test_accuracy_percent')} | "
+                     f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
+                     f"{_measured(supermask, 'remaining_percent')} | {_paper(base.accuracy, base.accuracy_interval)} | "
+                     f"{_measured(baseline, 'test_accuracy_percent')} | {row_status(row, supermask, baseline)} |")
+    return "\n".join(lines) + "\n"
+
+
+def entries_table(all_entries: list[dict]) -> str:
+    """Every ledger entry: what it stands for, its numbers per run count, precision, and the command."""
+    lines = ["| entry | stands for | runs × epochs | precision | test accuracy % | remaining % | command |",
+             "|---|---|---|---|---|---|---|"]
+    for e in all_entries:
+        s = e["summary"]
+        remaining = _mean_std(s["remaining_percent"]) if e["mask_mode"] != config_lib.BASELINE_MODE else "100"
+        lines.append(f"| `{e['name']}` | {e['reports'] or e['note'] or '–'} | {s['runs']} × {e['epochs']} | "
+                     f"{e['precision']} | {_mean_std(s['test_accuracy_percent'])} | {remaining} | "
+                     f"`{e['command']}` |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, markers: tuple[str, str], block: str) -> str:
+    begin, end = markers
+    if begin not in text or end not in text:
+        raise ValueError(f"markers {begin} ... {end} not found")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}{end}{tail}"
+
+
+def expected_documents(all_entries: list[dict]) -> dict[Path, str]:
+    """README.md and docs/reproducing.md as they must read for this ledger."""
+    return {README: replace_block(README.read_text(), TABLE_MARKERS, status_table(all_entries)),
+            REPRODUCING: replace_block(REPRODUCING.read_text(), ENTRIES_MARKERS, entries_table(all_entries))}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="The results ledger (see the module docstring).")
+    sub = p.add_subparsers(dest="verb", required=True)
+    a = sub.add_parser("add", help="copy a results folder's finished runs into the ledger")
+    a.add_argument("results", help="a results folder <output_dir>/<name>-<hash>")
+    a.add_argument("--reports", help="the paper row it stands for (fcn, conv2_baseline, ...); omit for a study")
+    a.add_argument("--command", required=True, help="the command that produced it")
+    a.add_argument("--commit", help="the code commit that produced it (default: the checkout's HEAD)")
+    a.add_argument("--note", default="", help="what the entry is, for entries that stand for no paper row")
+    t = sub.add_parser("table", help="the README's status table and the docs' entry list")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="write them into README.md and docs/reproducing.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 when the documents differ from the ledger")
+    args = p.parse_args(argv)
+    if args.verb == "add":
+        try:
+            target = add(Path(args.results), reports=args.reports, command=args.command, commit=args.commit,
+                         note=args.note)
+        except (ValueError, config_lib.ConfigErrors) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"added {target.relative_to(ROOT)}")
+        return 0
+    all_entries = entries()
+    if args.check or args.write:
+        expected = expected_documents(all_entries)
+        stale = [path for path, text in expected.items() if path.read_text() != text]
+        if args.write:
+            for path in stale:
+                run_folder.atomic_write_text(path, expected[path])
+            print("written: " + (", ".join(str(p.relative_to(ROOT)) for p in stale) or "nothing changed"))
+            return 0
+        if stale:
+            print("stale: " + ", ".join(str(p.relative_to(ROOT)) for p in stale) + " (python ledger.py table --write)",
+                  file=sys.stderr)
+            return 1
+        return 0
+    print(status_table(all_entries))
+    print(entries_table(all_entries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

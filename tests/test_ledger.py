@@ -1,0 +1,107 @@
+"""The results ledger: the README and docs tables are generated from it, `add` copies a results folder, the
+status words, and (with the real MNIST) the FCN entry's artifact reproduces its recorded accuracy."""
+
+import json
+import re
+
+import pytest
+import yaml
+from conftest import real_data
+
+import experiment_looper as looper
+import ledger
+import run_folder
+
+TINY = {
+    "name": "tiny", "runs": 2, "base_seed": 11, "paper": "fcn",
+    "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 128, "synthetic_test": 64, "batch_size": 64},
+    "model": {"architecture": "fcn"},
+    "training": {"epochs": 1, "verbose": 0},
+}
+
+
+def test_readme_and_docs_agree_with_the_ledger():
+    """Every number of the README's status table and of docs/reproducing.md's entry list is the ledger's."""
+    for path, text in ledger.expected_documents(ledger.entries()).items():
+        assert path.read_text() == text, f"{path.name} is stale: python ledger.py table --write"
+    assert ledger.main(["table", "--check"]) == 0
+
+
+def test_every_entry_is_whole():
+    for entry in ledger.entries():
+        folder = ledger.LEDGER / entry["name"]
+        runs = sorted(folder.glob("run_[0-9][0-9][0-9]"))
+        assert len(runs) == entry["summary"]["runs"] == len(entry["runs"]), entry["name"]
+        for run in runs:
+            for name in ledger.KEPT_RUN_FILES:
+                assert (run / name).is_file(), run / name
+            assert (run / run_folder.COMPACT).is_file() == (entry["mask_mode"] != "none")
+            assert not (run / run_folder.MASKS).exists()  # MBs of real-valued masks stay out of the repository
+        accuracies = [100 * json.loads((run / run_folder.METRICS).read_text())["test_accuracy"] for run in runs]
+        assert run_folder.summary_statistics(accuracies) == entry["summary"]["test_accuracy_percent"]
+        assert entry["reports"] is None or entry["reports"] in ledger.PAPER_RESULTS
+
+
+def test_add_copies_a_results_folder(tmp_path):
+    cfg = looper.config_lib.parse_config({**TINY, "output_dir": str(tmp_path / "results")})
+    directory = run_folder.results_dir(cfg)
+    looper.run_experiment(cfg, directory)
+    target = ledger.add(directory, reports="fcn", command="python experiment_looper.py tiny.yaml", commit="abc",
+                        ledger=tmp_path / "ledger")
+    assert target.name == directory.name  # the identity rule names the entry
+    entry = json.loads((target / "entry.json").read_text())
+    assert entry["reports"] == "fcn" and entry["code_commit"] == "abc" and entry["summary"]["runs"] == 2
+    assert entry["data"] == {"dataset": "mnist", "source": "synthetic"} and entry["precision"] == "float32"
+    for run, record in zip(("run_000", "run_001"), entry["runs"]):
+        metrics = json.loads((directory / run / "metrics.json").read_text())
+        assert record["test_accuracy_percent"] == pytest.approx(100 * metrics["test_accuracy"])
+        assert record["architecture"] == metrics["architecture"]
+        assert (target / run / "compact.npz").read_bytes() == (directory / run / "compact.npz").read_bytes()
+        assert not (target / run / "masks.npz").exists()
+    assert not list((tmp_path / "ledger").glob(".*staging"))
+    # a table row built from it: measured, with its run count and epochs
+    row = [line for line in ledger.status_table([entry]).splitlines() if line.startswith("| FCN")][0]
+    mean = entry["summary"]["test_accuracy_percent"]["mean"]
+    assert f"{mean:.2f} ± " in row and "(2×1 ep.)" in row and "baseline not run yet" in row
+
+
+def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
+    stats = lambda m: {"mean": m, "std": 0.1, "min": m, "max": m, "n": runs}  # noqa: E731
+    return {"name": "e", "reports": None, "note": "", "mask_mode": mode, "epochs": epochs, "precision": "float32",
+            "command": "c", "summary": {"runs": runs, "test_accuracy_percent": stats(mean_acc),
+                                        "remaining_percent": stats(mean_rem)}}
+
+
+def test_status_words_against_the_papers_intervals():
+    assert ledger.verdict(97.5, (97.3, 97.7)) == "in" and ledger.verdict(96.0, (97.3, 97.7)) == "outside"
+    assert ledger.verdict(1.0, None) is None
+    assert ledger.row_status("fcn", _entry(97.5, 3.75), _entry(97.45, 100, mode="none")) == "in interval"
+    assert ledger.row_status("conv2", _entry(68.7, 0.73), None) == \
+        "outside: remaining; baseline not run yet"
+    assert ledger.row_status("resnet20", _entry(80.68, 20.0), _entry(84.91, 100, mode="none")).startswith(
+        "measured (no interval in the paper; Δ acc -1.00, Δ base +0.00")
+    assert ledger.row_status("resnet56", None, None).startswith("not run: CIFAR-100 is not on this machine")
+
+
+def test_the_status_table_has_every_row_of_the_paper():
+    table = ledger.status_table([])
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == 10 and all(re.search(r"\| (not run|not run yet)", row) for row in rows)
+
+
+@pytest.mark.skipif(real_data("mnist.npz") is None, reason="real MNIST not in SUPERMASK_DATA_DIR")
+def test_the_fcn_entry_artifact_gives_the_recorded_accuracy(tmp_path, capsys):
+    """Anyone can check the FCN row without training: export.py on a ledger run recomputes its test accuracy."""
+    import export
+
+    (entry,) = [e for e in ledger.entries() if e["reports"] == "fcn"]
+    run = ledger.LEDGER / entry["name"] / "run_000"
+    assert export.main([str(run), "--check-accuracy", "--no-summary", "--out", str(tmp_path), "--data-source",
+                        "local", "--data-dir", str(real_data("mnist.npz").parent)]) == 0
+    out = capsys.readouterr().out
+    recorded = float(re.search(r"recorded in metrics.json\s+([\d.]+) %", out).group(1))
+    measured = float(re.search(r"compact reloaded\s+([\d.]+) %", out).group(1))
+    shrunk = float(re.search(r"shrunk .keras reloaded\s+([\d.]+) %", out).group(1))
+    assert recorded == measured == shrunk == pytest.approx(entry["runs"][0]["test_accuracy_percent"], abs=0.005)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed"] == entry["runs"][0]["seed"]
