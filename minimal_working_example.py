@@ -1,7 +1,7 @@
 """Train the FCN signed Supermask on MNIST and print its accuracy and remaining weights.
 
     python minimal_working_example.py                      # MNIST from tensorflow-datasets (downloads)
-    python minimal_working_example.py ../shared/data       # offline: a directory holding mnist.npz
+    python minimal_working_example.py ~/datasets           # offline: a directory holding mnist.npz
 """
 import sys
 

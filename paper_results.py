@@ -1,4 +1,4 @@
-"""The paper's reported results (paper.md section 5), to print next to measured ones.
+"""The paper's reported results (docs/paper_notes.md, "Results of the paper"), to print next to measured ones.
 
 Accuracy and remaining weights are means over the paper's runs; intervals are as printed in the paper's table
 (their kind, min-max or quantiles, is not known). Baseline rows have no remaining-weights figure (100 %).

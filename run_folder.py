@@ -572,11 +572,15 @@ def read_run_config(directory, *, data_source: str | None = None, data_dir: str 
 
 def load_run_model(directory, cfg=None, seed: int | None = None, run: int | None = None):
     """The trained model of a run directory: build_run_model(cfg, seed, run), then masks.npz (kernels, masks and
-    the saved thresholds), then the other trained weights (BN) from compact.npz."""
+    the saved thresholds), then the other trained weights (BN) from compact.npz. A folder with compact.npz but
+    no masks.npz (a ledger entry) gives the model of the compact artifact (the same predictions; its masks hold
+    M itself, not the real-valued masks)."""
     import compact
     from custom_layers import STOCK_KERNEL_LAYERS, MaskedKernelMixin, leaf_layers
 
     directory = Path(directory)
+    if not (directory / MASKS).exists() and (directory / COMPACT).exists():
+        return load_compact(directory / COMPACT)
     if cfg is None:
         cfg, seed, run = read_run_config(directory, data_source="synthetic")
     model = build_run_model(cfg, seed, run)

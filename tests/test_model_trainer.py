@@ -186,7 +186,7 @@ def test_exponential_schedule_values():
     assert _lr_at(lr, 0) == pytest.approx(lr0, rel=1e-6)
     assert _lr_at(lr, 10 * spe) == pytest.approx(lr0 * 0.9, rel=1e-6)
     assert _lr_at(lr, 15 * spe) == pytest.approx(lr0 * 0.9 ** 1.5, rel=1e-6)
-    assert _lr_at(lr, 100 * spe) == pytest.approx(lr0 * 0.9 ** 10, rel=1e-5)  # paper.md: 0.349 * lr0
+    assert _lr_at(lr, 100 * spe) == pytest.approx(lr0 * 0.9 ** 10, rel=1e-5)  # after 100 epochs: 0.349 * lr0
     stair = mt.make_learning_rate(mt.ScheduleSpec("exponential_decay", staircase=True), lr0, spe, 100)
     assert _lr_at(stair, 15 * spe) == pytest.approx(lr0 * 0.9, rel=1e-6)
     five = mt.make_learning_rate(mt.ScheduleSpec("exponential_decay", decay_epochs=5, decay_rate=0.5), lr0, spe, 100)
