@@ -49,10 +49,12 @@ tf_logs.import_tensorflow()  # a command-line tool: TensorFlow's start-up noise 
 
 import keras  # noqa: E402
 
+import compact  # noqa: E402
 from custom_layers import mask_mode_from_name  # noqa: E402
 from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
 from paper_results import PAPER_RESULTS  # noqa: E402
 from run_folder import (  # noqa: E402
+    COMPACT,
     CONFIG,
     HISTORY,
     LAYERS,
@@ -61,6 +63,7 @@ from run_folder import (  # noqa: E402
     find_results_dirs,
     read_config_mapping,
     read_json,
+    read_npz,
     run_dirs,
     summary_statistics,
 )
@@ -260,13 +263,16 @@ def pixel_keep_counts(mask: np.ndarray, image_shape: tuple[int, int] = (28, 28))
 
 def run_masks(run_dir: str | os.PathLike, config: dict | None = None) -> dict[str, np.ndarray]:
     """{layer: effective mask} of a run, recomputed from masks.npz ('<layer>/mask', '<layer>/threshold') with the
-    mask mode of the run's config.yaml, in file (= build) order."""
+    mask mode of the run's config.yaml, in file (= build) order; a run without masks.npz (a ledger entry) gives
+    the masks stored in its compact.npz."""
     run_dir = Path(run_dir)
     config = config if config is not None else read_config_mapping(run_dir / CONFIG)
     model = config.get("model") or {}
     mode = str(model.get("mask_mode", "signed"))
     if mode == "none":
         return {}
+    if not (run_dir / MASKS).exists() and (run_dir / COMPACT).exists():
+        return compact.effective_masks(read_npz(run_dir / COMPACT))
     out = {}
     with np.load(run_dir / MASKS, allow_pickle=False) as data:
         for key in data.files:

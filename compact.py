@@ -222,6 +222,14 @@ def read_meta(arrays: dict[str, np.ndarray]) -> dict:
     return json.loads(arrays["meta"].tobytes().decode("utf-8"))
 
 
+def effective_masks(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{layer path: effective mask M (float32, in {-1, 0, +1})} decoded from an artifact's arrays, in build order,
+    without building the model."""
+    meta = read_meta(arrays)
+    return {path: decode_mask(arrays[f"mask/{path}"], entry["mask"], entry["shape"])
+            for path, entry in meta["masked"].items()}
+
+
 def layer_weights(arrays: dict[str, np.ndarray], meta: dict, path: str) -> list[np.ndarray]:
     """The stored weights of a non-masked layer (BN gamma, beta, moving mean, moving variance, ...)."""
     return [arrays[f"weights/{path}/{i}"] for i in range(int(meta["weights"][path]))]

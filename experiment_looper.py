@@ -37,6 +37,7 @@ from typing import Any
 
 import config as config_lib
 import data_preprocessor
+import hparams
 import run_folder
 import tf_logs
 from config import ConfigErrors, ExperimentConfig
@@ -172,10 +173,10 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
         log.info("%s: resumed after epoch %d of %d", run_dir.name, result.resumed_from, t.epochs)
     final = result.final
     units = shrink.analyze(model)  # which units survive: the effective architecture
-    layers = final.get("layers", {})
+    layers = {name: dict(counts) for name, counts in final.get("layers", {}).items()}  # history stays as recorded
     for name, counts in layers.items():
         counts["units"], counts["surviving_units"] = units.before.get(name), units.after.get(name)
-    ok_history = [h for h in result.history if h.get("test_accuracy") is not None]
+    accuracies = [h["test_accuracy"] for h in result.history if hparams.is_finite_number(h.get("test_accuracy"))]
     metrics = {
         "status": result.status,
         "message": result.message,
@@ -188,8 +189,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
         "remaining_percent": final.get("remaining_percent"),
         "remaining_weights": final.get("remaining_weights"),
         "total_weights": count_parameters(model),
-        "best_test_accuracy": max((h["test_accuracy"] for h in ok_history if run_folder.finite(h["test_accuracy"])),
-                                  default=None),
+        "best_test_accuracy": max(accuracies, default=None),
         "seconds": result.seconds,
         "seconds_per_epoch": result.seconds / max(1, len(result.history)),
         "precision": t.mixed_precision or "float32",

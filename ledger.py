@@ -13,10 +13,12 @@ An entry is one results folder (one config, its N runs), copied by `add` into le
                          architecture; the summary (mean, std, min, max over the runs)
     config.yaml          the resolved config
     run_000/ ...         each run's config.yaml, metrics.json, history.json (every epoch), layers.json (per layer
-                         kept / inverted / hidden) and compact.npz (the trained Supermask in ~2 bits per weight:
-                         `python export.py ledger/<entry>/run_000 --check-accuracy ...` recomputes the recorded test
-                         accuracy without training). Baselines keep no artifact (their float32 kernels are MBs),
-                         and no run keeps masks.npz (the real-valued masks, MBs; the artifact reproduces the model).
+                         kept / inverted / hidden, units and surviving units: filled in from the artifact for runs
+                         made before the looper recorded them) and compact.npz (the trained Supermask in ~2
+                         bits per weight: `python export.py ledger/<entry>/run_000 --check-accuracy ...`
+                         recomputes the recorded test accuracy without training). Baselines keep no artifact
+                         (their float32 kernels are MBs), and no run keeps masks.npz (the real-valued masks, MBs;
+                         the artifact reproduces the model).
 
 The entry's name is its results folder's name under today's identity rule (run_folder.results_dir), so a run made
 before a rename of the identity lands where the same command would put it now. `reports` ties an entry to a row of
@@ -114,8 +116,13 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
         architecture = metrics.get("architecture")
         if cfg.model.masked:
             shutil.copyfile(run / run_folder.COMPACT, staging / run.name / run_folder.COMPACT)
-            if architecture is None:  # runs made before the looper recorded it
-                architecture = shrink.analyze(run_folder.load_compact(run / run_folder.COMPACT)).architecture
+            if architecture is None:  # a run made before the looper recorded its surviving units: fill them in
+                units = shrink.analyze(run_folder.load_compact(run / run_folder.COMPACT))
+                architecture = units.architecture
+                layers = run_folder.read_json(run / run_folder.LAYERS)
+                for name, counts in layers.items():
+                    counts["units"], counts["surviving_units"] = units.before.get(name), units.after.get(name)
+                run_folder.atomic_write_json(staging / run.name / run_folder.LAYERS, layers)
         records.append({
             "run": metrics["run"], "seed": metrics["seed"], "epochs_run": metrics["epochs_run"],
             "test_accuracy_percent": 100.0 * metrics["test_accuracy"],

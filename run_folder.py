@@ -599,14 +599,10 @@ def load_run_model(directory, cfg=None, seed: int | None = None, run: int | None
 # --------------------------------------------------------------------------------------------------------------
 # Statistics over runs
 # --------------------------------------------------------------------------------------------------------------
-def finite(value) -> bool:
-    return hparams.is_finite_number(value)
-
-
 def summary_statistics(values) -> dict:
     """{"mean", "std" (sample, ddof 1; 0 for one value), "min", "max", "n"} of the finite values (None when
     there are none)."""
-    values = [float(v) for v in values if finite(v)]
+    values = [float(v) for v in values if hparams.is_finite_number(v)]
     if not values:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,

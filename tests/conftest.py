@@ -36,7 +36,7 @@ def _no_op_determinism_leak():
     """The looper enables TF op determinism for the process, and Keras then silently drops jit_compile. Undo it
     after each test so that XLA tests really compile (TF has no public switch back, hence the private import)."""
     yield
-    from tensorflow.python.framework import config as tf_config
+    from tensorflow.python.framework import config as tf_config  # private: TF has no public switch back
 
     if tf_config.is_op_determinism_enabled():
         tf_config.disable_op_determinism()

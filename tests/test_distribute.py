@@ -257,7 +257,7 @@ def train_fcn_initial_masks() -> dict:
 def restore_op_determinism():
     """The looper enables TF op determinism process-wide (training.deterministic: true) and never disables it,
     which also turns jit_compile off for every later model of the process; restore the previous state."""
-    from tensorflow.python.framework import config as tf_config
+    from tensorflow.python.framework import config as tf_config  # private: TF has no public switch back
 
     was = tf_config.is_op_determinism_enabled()
     yield
@@ -289,7 +289,7 @@ def op_determinism_off():
     """XLA needs op determinism off: Keras' `model_supports_jit` returns False while it is enabled, and then
     `compile(jit_compile=True)` only warns and runs without XLA. The looper enables determinism process-wide for
     `training.deterministic: true` (the default) and never disables it, so switch it off here, and restore."""
-    from tensorflow.python.framework import config as tf_config
+    from tensorflow.python.framework import config as tf_config  # private: TF has no public switch back
 
     was = tf_config.is_op_determinism_enabled()
     tf_config.disable_op_determinism()

@@ -170,6 +170,11 @@ def test_compact_round_trip_by_seed(name, tmp_path):
     loaded = run_folder.load_compact(tmp_path / "c.npz")
     assert_same_masks(model, loaded)
     assert_same_predictions(model, loaded, inputs_for(model))
+    decoded = compact.effective_masks(run_folder.read_npz(tmp_path / "c.npz"))  # no model built
+    assert list(decoded) == [path for path, layer in leaf_layers(model) if isinstance(layer, MaskedKernelMixin)]
+    for path, layer in leaf_layers(model):
+        if isinstance(layer, MaskedKernelMixin):
+            np.testing.assert_array_equal(decoded[path], keras.ops.convert_to_numpy(layer.effective_mask()))
 
 
 def test_compact_falls_back_to_explicit_kernels(tmp_path):
