@@ -120,8 +120,8 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
                 units = shrink.analyze(run_folder.load_compact(run / run_folder.COMPACT))
                 architecture = units.architecture
                 layers = run_folder.read_json(run / run_folder.LAYERS)
-                for name, counts in layers.items():
-                    counts["units"], counts["surviving_units"] = units.before.get(name), units.after.get(name)
+                for layer, counts in layers.items():
+                    counts["units"], counts["surviving_units"] = units.before.get(layer), units.after.get(layer)
                 run_folder.atomic_write_json(staging / run.name / run_folder.LAYERS, layers)
         records.append({
             "run": metrics["run"], "seed": metrics["seed"], "epochs_run": metrics["epochs_run"],

@@ -30,6 +30,7 @@ def test_readme_and_docs_agree_with_the_ledger():
 def test_every_entry_is_whole():
     for entry in ledger.entries():
         folder = ledger.LEDGER / entry["name"]
+        assert (folder / "entry.json").is_file(), f"{entry['name']}: the entry's name is not its folder's"
         runs = sorted(folder.glob("run_[0-9][0-9][0-9]"))
         assert len(runs) == entry["summary"]["runs"] == len(entry["runs"]), entry["name"]
         for run in runs:
