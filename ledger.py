@@ -51,11 +51,11 @@ ENTRIES_MARKERS = ("<!-- ledger:entries:begin -->", "<!-- ledger:entries:end -->
 PAPER_ROWS = ("fcn", "conv2", "conv4", "conv6", "conv8", "resnet20", "resnet20x2", "resnet20x3", "resnet56",
               "resnet110")
 # Why a row has no measurement here (the machine this ledger was made on: 2 CPU cores, no GPU, no CIFAR-100).
-NOT_RUN = {
-    "conv6": "not run: ~3-6 h per run on this CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
-    "conv8": "not run: ~6-12 h per run on this CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
-    "resnet20x2": "not run: ~4-8 h per run on this CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
-    "resnet20x3": "not run: ~8-12 h per run on this CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
+NOT_RUN = {  # hours: training steps alone at the speed measured in docs/speed.md ("What a full run costs")
+    "conv6": "not run: ≥ 6 h per run on this CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
+    "conv8": "not run: ≥ 8 h per run on this CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
+    "resnet20x2": "not run: ≥ 11 h per run on this CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
+    "resnet20x3": "not run: ≥ 20 h per run on this CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
     "resnet56": "not run: CIFAR-100 is not on this machine; `configs/resnet56.yaml` with tfds or the archive",
     "resnet110": "not run: CIFAR-100 is not on this machine; `configs/resnet110.yaml` with tfds or the archive",
 }

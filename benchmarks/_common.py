@@ -44,7 +44,14 @@ log = logging.getLogger("benchmarks")
 tf.get_logger().setLevel("ERROR")  # one trace per compiled model triggers TF's retracing warning; it is expected
 
 MODEL_DATASET = {"fcn": "mnist", "conv2": "cifar10", "conv4": "cifar10", "conv6": "cifar10", "conv8": "cifar10",
-                 "resnet20": "cifar10", "resnet56": "cifar10", "resnet110": "cifar10"}
+                 "resnet20": "cifar10", "resnet20x2": "cifar10", "resnet20x3": "cifar10", "resnet56": "cifar10",
+                 "resnet110": "cifar10"}
+
+
+def architecture_of(model_name: str) -> tuple[str, dict]:
+    """A benchmark model name as (architecture, builder kwargs): `resnet20x2` is ResNet20 of width 2."""
+    base, _, width = model_name.partition("x")
+    return (base, {"width": int(width)}) if width else (model_name, {})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,7 +224,8 @@ def memory_dataset(model_name: str, batch_size: int = 128, batches: int = 8, see
 def compiled_model(model_name: str, variant: str, *, steps: int, jit_compile: bool, seed: int = 0,
                    num_classes: int = 10, label_format: str = "one_hot"):
     """build_model + model_trainer.make_optimizer (SGDW, exponential schedule) + compile_model, as users run it."""
-    model = build_model(model_name, layer_factory(variant, seed), num_classes=num_classes)
+    architecture, kwargs = architecture_of(model_name)
+    model = build_model(architecture, layer_factory(variant, seed), num_classes=num_classes, **kwargs)
     optimizer = model_trainer.make_optimizer(model_trainer.OptimizerSpec("sgdw", learning_rate=0.05,
                                                                          weight_decay=5e-4),
                                              model_trainer.ScheduleSpec("exponential_decay"), steps, 100)

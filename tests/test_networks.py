@@ -88,3 +88,20 @@ def test_unknown_architecture():
     with pytest.raises(ValueError, match="allowed: fcn, conv2"):
         build_model("vgg16", MaskedLayers())
     assert set(ARCHITECTURES) == {"fcn", "conv2", "conv4", "conv6", "conv8", "resnet20", "resnet56", "resnet110"}
+
+
+def test_benchmark_model_names_build_the_paper_networks():
+    """benchmarks/_common.architecture_of: `resnet20x2` is ResNet20 of width 2, with the paper's count."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "_common.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_common", path)
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    assert common.architecture_of("resnet20x3") == ("resnet20", {"width": 3})
+    assert common.architecture_of("conv6") == ("conv6", {})
+    for name in ("conv2", "resnet20", "resnet20x2"):
+        architecture, kwargs = common.architecture_of(name)
+        model = build_model(architecture, MaskedLayers(seed=0), **kwargs)
+        assert count_parameters(model) == PAPER_RESULTS[name].parameters
