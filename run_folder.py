@@ -117,21 +117,29 @@ _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file (mks
 
 
 @contextlib.contextmanager
-def _atomic_file(path: Path, mode: str):
+def _replaced_on_success(path: Path, suffix: str = ".tmp"):
+    """Yield a temporary path in `path`'s directory; rename it onto `path` (with the umask's mode) if the block
+    succeeds, remove it if the block raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str):
+    with _replaced_on_success(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path, text: str) -> None:
@@ -155,18 +163,8 @@ def atomic_write_json(path, obj) -> None:
 
 def atomic_save_model(model, path) -> None:
     """model.save(path) (a .keras file) through a temporary file in the same directory, renamed onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with _replaced_on_success(path, suffix=Path(path).suffix) as tmp:
         model.save(tmp)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_savez(path, arrays: dict[str, np.ndarray], *, compress: bool = True) -> None:
