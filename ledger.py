@@ -164,6 +164,9 @@ def entries(ledger: Path = LEDGER) -> list[dict]:
 # Tables
 # --------------------------------------------------------------------------------------------------------------
 def _mean_std(stats: dict, digits: int = 2) -> str:
+    """'mean ± std', or the value alone for one run (whose spread is unknown, not 0)."""
+    if stats.get("n", 2) < 2:
+        return f"{stats['mean']:.{digits}f}"
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 

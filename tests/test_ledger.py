@@ -106,3 +106,9 @@ def test_the_fcn_entry_artifact_gives_the_recorded_accuracy(tmp_path, capsys):
     assert recorded == measured == shrunk == pytest.approx(entry["runs"][0]["test_accuracy_percent"], abs=0.005)
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["seed"] == entry["runs"][0]["seed"]
+
+
+def test_one_run_is_shown_without_a_spread():
+    one, three = _entry(68.38, 0.76, runs=1), _entry(68.5, 0.7, runs=3)
+    assert ledger._measured(one, "test_accuracy_percent") == "68.38 (1×100 ep.)"
+    assert ledger._measured(three, "test_accuracy_percent") == "68.50 ± 0.10 (3×100 ep.)"
