@@ -309,3 +309,32 @@ def test_run_directory_of_a_resnet_takes_bn_weights_from_compact_npz(tmp_path):
         run_folder.load_run_model(run_dir)
     run_folder.save_compact(model, run_dir / "compact.npz")
     assert_same_predictions(model, run_folder.load_run_model(run_dir), x)
+
+
+def test_a_compact_artifact_of_a_trained_model_loads_uncompiled(tmp_path):
+    """A model saved after training carries its compile config; the artifact leaves it out, and artifacts that
+    still carry one load uncompiled, so the stripped .keras holds one float per weight and no optimizer slots."""
+    model = trained_looking(fcn())
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), "categorical_crossentropy")
+    x = inputs_for(model)
+    model.fit(x, np.eye(10, dtype="float32")[np.arange(len(x)) % 10], epochs=1, verbose=0)
+    run_folder.save_compact(model, tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    assert "compile_config" not in json.loads(arrays["model_json"].tobytes())
+    # an artifact written before the compile config was left out
+    old = json.loads(arrays["model_json"].tobytes())
+    old["compile_config"] = json.loads(model.to_json())["compile_config"]
+    assert old["compile_config"] is not None
+    arrays["model_json"] = np.frombuffer(json.dumps(old).encode(), np.uint8)
+    np.savez(tmp_path / "old.npz", **arrays)
+    for name in ("c.npz", "old.npz"):
+        loaded = run_folder.load_compact(tmp_path / name)
+        assert not loaded.compiled
+        assert_same_predictions(model, loaded, x)
+        stripped = shrink.strip(loaded)
+        stripped.save(tmp_path / "s.keras")
+        weights = keras.models.load_model(tmp_path / "s.keras").weights
+        assert sum(int(np.prod(w.shape)) for w in weights) == sum(
+            int(np.prod(layer.kernel.shape)) for layer in masked_layers(model))
+        assert (tmp_path / "s.keras").stat().st_size < 4 * sum(int(np.prod(w.shape)) for w in weights) + 100_000
