@@ -165,19 +165,18 @@ def decode_kernel(array: np.ndarray, info: dict, shape) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------
 # Model <-> arrays
 # --------------------------------------------------------------------------------------------------------------
-def _architecture_json(model) -> str:
-    """model.to_json() without its compile config: the artifact is the network, not a training set-up."""
-    config = json.loads(model.to_json())
+def _architecture_json(model_json: str) -> str:
+    """A model's JSON without its compile config: the artifact is the network, not a training set-up (a compiled
+    rebuild would build an optimizer whose slots every later `.keras` save of the model or its clones keeps)."""
+    config = json.loads(model_json)
     config.pop("compile_config", None)
     return json.dumps(config)
 
 
 def _rebuild(model_json: str) -> keras.Model:
-    """The model of `model_json`, not compiled (artifacts written before the compile config was left out carry one;
-    compiling would build an optimizer whose slots every later `.keras` save of the model or its clones keeps)."""
-    config = json.loads(model_json)
-    config.pop("compile_config", None)
-    model = keras.models.model_from_json(json.dumps(config))
+    """The model of `model_json`, not compiled (artifacts written before the compile config was left out carry
+    one)."""
+    model = keras.models.model_from_json(_architecture_json(model_json))
     if not model.built:
         raise ValueError("the model rebuilt from its JSON is not built (give it an Input)")
     return model
@@ -194,7 +193,7 @@ def _check_rebuilt_mask(layer, mask: np.ndarray) -> None:
 
 def compact_arrays(model) -> dict[str, np.ndarray]:
     """The arrays of the compact artifact of `model` (see the module docstring)."""
-    model_json = _architecture_json(model)
+    model_json = _architecture_json(model.to_json())
     rebuilt = dict(leaf_layers(_rebuild(model_json)))
     arrays: dict[str, np.ndarray] = {}
     meta: dict = {"format": FORMAT, "version": FORMAT_VERSION, "threshold": REBUILD_THRESHOLD, "masked": {},

@@ -173,9 +173,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
         log.info("%s: resumed after epoch %d of %d", run_dir.name, result.resumed_from, t.epochs)
     final = result.final
     units = shrink.analyze(model)  # which units survive: the effective architecture
-    layers = {name: dict(counts) for name, counts in final.get("layers", {}).items()}  # history stays as recorded
-    for name, counts in layers.items():
-        counts["units"], counts["surviving_units"] = units.before.get(name), units.after.get(name)
+    layers = units.with_units(final.get("layers", {}))  # a copy: the history stays as the trainer recorded it
     accuracies = [h["test_accuracy"] for h in result.history if hparams.is_finite_number(h.get("test_accuracy"))]
     metrics = {
         "status": result.status,

@@ -119,10 +119,8 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
             if architecture is None:  # a run made before the looper recorded its surviving units: fill them in
                 units = shrink.analyze(run_folder.load_compact(run / run_folder.COMPACT))
                 architecture = units.architecture
-                layers = run_folder.read_json(run / run_folder.LAYERS)
-                for layer, counts in layers.items():
-                    counts["units"], counts["surviving_units"] = units.before.get(layer), units.after.get(layer)
-                run_folder.atomic_write_json(staging / run.name / run_folder.LAYERS, layers)
+                run_folder.atomic_write_json(staging / run.name / run_folder.LAYERS,
+                                             units.with_units(run_folder.read_json(run / run_folder.LAYERS)))
         records.append({
             "run": metrics["run"], "seed": metrics["seed"], "epochs_run": metrics["epochs_run"],
             "test_accuracy_percent": 100.0 * metrics["test_accuracy"],

@@ -468,6 +468,12 @@ class UnitAnalysis:
         """'784-300-100-10 → 468-115-99-10'."""
         return f"{self.architecture_before} {ARROW} {self.architecture_after}"
 
+    def with_units(self, layer_counts: dict[str, dict]) -> dict[str, dict]:
+        """A copy of per-layer counts ({layer: {"kept": ...}}, layers.json) with each layer's `units` and
+        `surviving_units` added."""
+        return {name: {**counts, "units": self.before.get(name), "surviving_units": self.after.get(name)}
+                for name, counts in layer_counts.items()}
+
     @property
     def input_keys(self) -> list[str]:
         return [key for kind, key in self.layout if kind == "input"]
