@@ -112,3 +112,22 @@ def test_one_run_is_shown_without_a_spread():
     one, three = _entry(68.38, 0.76, runs=1), _entry(68.5, 0.7, runs=3)
     assert ledger._measured(one, "test_accuracy_percent") == "68.38 (1×100 ep.)"
     assert ledger._measured(three, "test_accuracy_percent") == "68.50 ± 0.10 (3×100 ep.)"
+
+
+def test_add_fills_in_the_surviving_units_of_a_run_made_before_they_were_recorded(tmp_path):
+    cfg = looper.config_lib.parse_config({**TINY, "runs": 1, "output_dir": str(tmp_path / "results")})
+    directory = run_folder.results_dir(cfg)
+    looper.run_experiment(cfg, directory)
+    run = directory / "run_000"
+    recorded_layers = json.loads((run / "layers.json").read_text())
+    recorded_architecture = json.loads((run / "metrics.json").read_text())["architecture"]
+    # as an older looper wrote them: no architecture, no units
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["architecture"]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "layers.json").write_text(json.dumps({name: {k: v for k, v in counts.items()
+                                                       if k not in ("units", "surviving_units")}
+                                                for name, counts in recorded_layers.items()}))
+    target = ledger.add(directory, reports=None, command="c", commit="abc", ledger=tmp_path / "ledger")
+    assert json.loads((target / "run_000" / "layers.json").read_text()) == recorded_layers
+    assert json.loads((target / "entry.json").read_text())["runs"][0]["architecture"] == recorded_architecture
