@@ -4,6 +4,11 @@
     python ledger.py table            print the reproduction status table (README) and the entry list (docs)
     python ledger.py table --write    write them into README.md and docs/reproducing.md between their markers
     python ledger.py table --check    exit 1 when README.md or docs/reproducing.md differ from the ledger
+    python ledger.py compare A B [--epoch N]
+                                      A's runs against B's runs of the same seeds at one epoch (default: the
+                                      last epoch both reached): test accuracy and remaining weights, A − B.
+                                      A and B are ledger entries or results folders (a precision check, a
+                                      shortened screen against the full run's record at the same epoch)
 
 An entry is one results folder (one config, its N runs), copied by `add` into ledger/<entry>/:
 
@@ -265,6 +270,59 @@ def expected_documents(all_entries: list[dict]) -> dict[Path, str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Paired comparisons
+# --------------------------------------------------------------------------------------------------------------
+def epoch_record(history: list[dict], epoch: int) -> dict:
+    """The history record of `epoch` (1-based); ValueError when the run did not reach it."""
+    for record in history:
+        if record["epoch"] == epoch and not record.get("partial"):
+            return record
+    raise ValueError(f"no record of epoch {epoch} (the run has {len(history)} epochs)")
+
+
+def paired_runs(a: Path, b: Path, epoch: int | None = None) -> tuple[int, list[dict]]:
+    """(epoch, rows): per seed that both folders ran, test accuracy % and remaining % of A and of B at `epoch`
+    (default: the last epoch every paired run reached) and their differences A − B."""
+    def by_seed(folder):
+        runs = {}
+        for directory in run_folder.run_dirs(folder):
+            record = run_folder.read_run(directory)
+            runs[record.metrics["seed"]] = record.history
+        return runs
+
+    runs_a, runs_b = by_seed(a), by_seed(b)
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds:
+        raise ValueError(f"{a} and {b} share no seed (seeds {sorted(runs_a)} and {sorted(runs_b)})")
+    if epoch is None:
+        epoch = min(len(h) for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
+    rows = []
+    for seed in seeds:
+        ra, rb = epoch_record(runs_a[seed], epoch), epoch_record(runs_b[seed], epoch)
+        row = {"seed": seed}
+        for key, scale in (("test_accuracy", 100.0), ("remaining_percent", 1.0)):
+            row[f"{key}_a"], row[f"{key}_b"] = scale * ra[key], scale * rb[key]
+            row[f"{key}_diff"] = row[f"{key}_a"] - row[f"{key}_b"]
+        rows.append(row)
+    return epoch, rows
+
+
+def comparison_table(a: str, b: str, epoch: int, rows: list[dict]) -> str:
+    """The paired comparison as a Markdown table, with the mean difference over the seeds."""
+    lines = [f"epoch {epoch}; A = {a}, B = {b}", "",
+             "| seed | A test % / remaining % | B test % / remaining % | A − B |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['test_accuracy_a']:.2f} / {r['remaining_percent_a']:.3f} | "
+                     f"{r['test_accuracy_b']:.2f} / {r['remaining_percent_b']:.3f} | "
+                     f"{r['test_accuracy_diff']:+.2f} / {r['remaining_percent_diff']:+.3f} |")
+    if len(rows) > 1:
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("test_accuracy_diff", "remaining_percent_diff")}
+        lines.append(f"| mean of {len(rows)} | | | {mean['test_accuracy_diff']:+.2f} / "
+                     f"{mean['remaining_percent_diff']:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
 def main(argv=None) -> int:
@@ -280,7 +338,19 @@ def main(argv=None) -> int:
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="write them into README.md and docs/reproducing.md")
     mode.add_argument("--check", action="store_true", help="exit 1 when the documents differ from the ledger")
+    c = sub.add_parser("compare", help="A's runs against B's runs of the same seeds at one epoch")
+    c.add_argument("a", help="a ledger entry or results folder")
+    c.add_argument("b", help="a ledger entry or results folder")
+    c.add_argument("--epoch", type=int, help="the epoch to compare (default: the last epoch both reached)")
     args = p.parse_args(argv)
+    if args.verb == "compare":
+        try:
+            epoch, rows = paired_runs(Path(args.a), Path(args.b), args.epoch)
+        except (ValueError, run_folder.RunFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(comparison_table(args.a, args.b, epoch, rows), end="")
+        return 0
     if args.verb == "add":
         try:
             target = add(Path(args.results), reports=args.reports, command=args.command, commit=args.commit,

@@ -131,3 +131,34 @@ def test_add_fills_in_the_surviving_units_of_a_run_made_before_they_were_recorde
     target = ledger.add(directory, reports=None, command="c", commit="abc", ledger=tmp_path / "ledger")
     assert json.loads((target / "run_000" / "layers.json").read_text()) == recorded_layers
     assert json.loads((target / "entry.json").read_text())["runs"][0]["architecture"] == recorded_architecture
+
+
+def _fake_results(folder, runs):
+    """A results folder of finished runs {seed: [(test accuracy, remaining %) per epoch]}, files only."""
+    for index, (seed, epochs) in enumerate(runs.items()):
+        run = folder / f"run_{index:03d}"
+        run.mkdir(parents=True)
+        history = [{"epoch": e, "test_accuracy": acc, "remaining_percent": rem, "partial": False}
+                   for e, (acc, rem) in enumerate(epochs, start=1)]
+        (run / run_folder.METRICS).write_text(json.dumps({"status": "ok", "seed": seed}))
+        (run / run_folder.HISTORY).write_text(json.dumps(history))
+        (run / run_folder.LAYERS).write_text("{}")
+    return folder
+
+
+def test_compare_pairs_runs_by_seed_at_the_last_common_epoch(tmp_path, capsys):
+    a = _fake_results(tmp_path / "a", {7: [(0.50, 9.0), (0.60, 4.0)], 8: [(0.40, 8.0), (0.70, 3.0)],
+                                       9: [(0.1, 1.0), (0.2, 1.0)]})
+    b = _fake_results(tmp_path / "b", {8: [(0.45, 8.5), (0.65, 3.5), (0.9, 0.5)], 7: [(0.55, 9.5), (0.50, 4.5)]})
+    epoch, rows = ledger.paired_runs(a, b)
+    assert epoch == 2 and [r["seed"] for r in rows] == [7, 8]  # seed 9 has no partner
+    assert rows[0]["test_accuracy_diff"] == pytest.approx(10.0) and rows[0]["remaining_percent_diff"] == -0.5
+    assert rows[1]["test_accuracy_a"] == pytest.approx(70.0) and rows[1]["test_accuracy_b"] == pytest.approx(65.0)
+    assert ledger.main(["compare", str(a), str(b), "--epoch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1;" in out and "| 7 | 50.00 / 9.000 | 55.00 / 9.500 | -5.00 / -0.500 |" in out
+    assert "| mean of 2 | | | -5.00 / -0.500 |" in out
+    assert ledger.main(["compare", str(a), str(b), "--epoch", "3"]) == 2  # a has no epoch 3
+    assert "no record of epoch 3" in capsys.readouterr().err
+    assert ledger.main(["compare", str(a), str(_fake_results(tmp_path / "c", {1: [(0.5, 1.0)]}))]) == 2
+    assert "share no seed" in capsys.readouterr().err
