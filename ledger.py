@@ -295,7 +295,8 @@ def paired_runs(a: Path, b: Path, epoch: int | None = None) -> tuple[int, list[d
     if not seeds:
         raise ValueError(f"{a} and {b} share no seed (seeds {sorted(runs_a)} and {sorted(runs_b)})")
     if epoch is None:
-        epoch = min(len(h) for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
+        epoch = min(max(r["epoch"] for r in h if not r.get("partial"))
+                    for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
     rows = []
     for seed in seeds:
         ra, rb = epoch_record(runs_a[seed], epoch), epoch_record(runs_b[seed], epoch)
