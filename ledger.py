@@ -317,7 +317,8 @@ def comparison_table(a: str, b: str, epoch: int, rows: list[dict]) -> str:
                      f"{r['test_accuracy_b']:.2f} / {r['remaining_percent_b']:.3f} | "
                      f"{r['test_accuracy_diff']:+.2f} / {r['remaining_percent_diff']:+.3f} |")
     if len(rows) > 1:
-        mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("test_accuracy_diff", "remaining_percent_diff")}
+        mean = {k: run_folder.summary_statistics(r[k] for r in rows)["mean"]
+                for k in ("test_accuracy_diff", "remaining_percent_diff")}
         lines.append(f"| mean of {len(rows)} | | | {mean['test_accuracy_diff']:+.2f} / "
                      f"{mean['remaining_percent_diff']:+.3f} |")
     return "\n".join(lines) + "\n"
