@@ -4,11 +4,13 @@
     python ledger.py table            print the reproduction status table (README) and the entry list (docs)
     python ledger.py table --write    write them into README.md and docs/reproducing.md between their markers
     python ledger.py table --check    exit 1 when README.md or docs/reproducing.md differ from the ledger
-    python ledger.py compare A B [--epoch N]
+    python ledger.py compare A B [--epoch N | --epochs FIRST-LAST]
                                       A's runs against B's runs of the same seeds at one epoch (default: the
                                       last epoch both reached): test accuracy and remaining weights, A − B.
-                                      A and B are ledger entries or results folders (a precision check, a
-                                      shortened screen against the full run's record at the same epoch)
+                                      With --epochs, their means over the window and each side's fewest
+                                      remaining weights in it (and at which epoch). A and B are ledger
+                                      entries or results folders (a precision check, a shortened screen
+                                      against the full run's record at the same epochs)
 
 An entry is one results folder (one config, its N runs), copied by `add` into ledger/<entry>/:
 
@@ -280,9 +282,35 @@ def epoch_record(history: list[dict], epoch: int) -> dict:
     raise ValueError(f"no record of epoch {epoch} (the run has {len(history)} epochs)")
 
 
-def paired_runs(a: Path, b: Path, epoch: int | None = None) -> tuple[int, list[dict]]:
-    """(epoch, rows): per seed that both folders ran, test accuracy % and remaining % of A and of B at `epoch`
-    (default: the last epoch every paired run reached) and their differences A − B."""
+def parse_epochs(text: str) -> tuple[int, int]:
+    """"N" or "FIRST-LAST" (1-based, inclusive) -> (first, last); ValueError on anything else."""
+    parts = text.split("-")
+    try:
+        first, last = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        first, last = 0, 0
+    if not 1 <= first <= last:
+        raise ValueError(f"epochs {text!r}: expected N or FIRST-LAST with 1 <= FIRST <= LAST")
+    return first, last
+
+
+def window_summary(history: list[dict], first: int, last: int) -> dict:
+    """One run over epochs first..last: the mean test accuracy (%) and remaining weights (%),
+
+        mean_test = 100 / (last - first + 1) * sum_e test_accuracy_e,   mean_remaining likewise,
+
+    and the fewest remaining weights with the epoch where they were fewest (the first such epoch)."""
+    records = [epoch_record(history, e) for e in range(first, last + 1)]
+    lowest = min(records, key=lambda r: r["remaining_percent"])
+    return {"test_accuracy": 100.0 * run_folder.summary_statistics(r["test_accuracy"] for r in records)["mean"],
+            "remaining_percent": run_folder.summary_statistics(r["remaining_percent"] for r in records)["mean"],
+            "min_remaining_percent": lowest["remaining_percent"], "min_remaining_epoch": lowest["epoch"]}
+
+
+def paired_runs(a: Path, b: Path, epochs: int | tuple[int, int] | None = None) -> tuple[tuple[int, int], list[dict]]:
+    """((first, last), rows): per seed that both folders ran, A's and B's window_summary over epochs
+    first..last (an int N is N..N; default: the last epoch every paired run reached) and the differences
+    A − B of the mean test accuracy and remaining weights."""
     def by_seed(folder):
         runs = {}
         for directory in run_folder.run_dirs(folder):
@@ -294,33 +322,47 @@ def paired_runs(a: Path, b: Path, epoch: int | None = None) -> tuple[int, list[d
     seeds = sorted(set(runs_a) & set(runs_b))
     if not seeds:
         raise ValueError(f"{a} and {b} share no seed (seeds {sorted(runs_a)} and {sorted(runs_b)})")
-    if epoch is None:
-        epoch = min(max(r["epoch"] for r in h if not r.get("partial"))
-                    for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
+    if epochs is None:
+        epochs = min(max(r["epoch"] for r in h if not r.get("partial"))
+                     for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
+    first, last = (epochs, epochs) if isinstance(epochs, int) else epochs
     rows = []
     for seed in seeds:
-        ra, rb = epoch_record(runs_a[seed], epoch), epoch_record(runs_b[seed], epoch)
         row = {"seed": seed}
-        for key, scale in (("test_accuracy", 100.0), ("remaining_percent", 1.0)):
-            row[f"{key}_a"], row[f"{key}_b"] = scale * ra[key], scale * rb[key]
+        for side, runs in (("a", runs_a), ("b", runs_b)):
+            row.update({f"{key}_{side}": value for key, value in window_summary(runs[seed], first, last).items()})
+        for key in ("test_accuracy", "remaining_percent"):
             row[f"{key}_diff"] = row[f"{key}_a"] - row[f"{key}_b"]
         rows.append(row)
-    return epoch, rows
+    return (first, last), rows
 
 
-def comparison_table(a: str, b: str, epoch: int, rows: list[dict]) -> str:
-    """The paired comparison as a Markdown table, with the mean difference over the seeds."""
-    lines = [f"epoch {epoch}; A = {a}, B = {b}", "",
-             "| seed | A test % / remaining % | B test % / remaining % | A − B |", "|---|---|---|---|"]
+def comparison_table(a: str, b: str, epochs: tuple[int, int], rows: list[dict]) -> str:
+    """The paired comparison as a Markdown table, with the mean difference over the seeds. Over a window of
+    several epochs the values are the window's means, and two columns give each side's fewest remaining
+    weights (% at epoch)."""
+    first, last = epochs
+    window = first != last
+    head = f"mean of epochs {first}-{last}" if window else f"epoch {first}"
+    columns = "| seed | A test % / remaining % | B test % / remaining % | A − B |"
+    rule = "|---|---|---|---|"
+    if window:
+        columns += " A fewest remaining % (epoch) | B fewest remaining % (epoch) |"
+        rule += "---|---|"
+    lines = [f"{head}; A = {a}, B = {b}", "", columns, rule]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['test_accuracy_a']:.2f} / {r['remaining_percent_a']:.3f} | "
-                     f"{r['test_accuracy_b']:.2f} / {r['remaining_percent_b']:.3f} | "
-                     f"{r['test_accuracy_diff']:+.2f} / {r['remaining_percent_diff']:+.3f} |")
+        line = (f"| {r['seed']} | {r['test_accuracy_a']:.2f} / {r['remaining_percent_a']:.3f} | "
+                f"{r['test_accuracy_b']:.2f} / {r['remaining_percent_b']:.3f} | "
+                f"{r['test_accuracy_diff']:+.2f} / {r['remaining_percent_diff']:+.3f} |")
+        if window:
+            line += "".join(f" {r[f'min_remaining_percent_{s}']:.3f} ({r[f'min_remaining_epoch_{s}']}) |"
+                            for s in ("a", "b"))
+        lines.append(line)
     if len(rows) > 1:
         mean = {k: run_folder.summary_statistics(r[k] for r in rows)["mean"]
                 for k in ("test_accuracy_diff", "remaining_percent_diff")}
         lines.append(f"| mean of {len(rows)} | | | {mean['test_accuracy_diff']:+.2f} / "
-                     f"{mean['remaining_percent_diff']:+.3f} |")
+                     f"{mean['remaining_percent_diff']:+.3f} |" + (" | |" if window else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -340,18 +382,22 @@ def main(argv=None) -> int:
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="write them into README.md and docs/reproducing.md")
     mode.add_argument("--check", action="store_true", help="exit 1 when the documents differ from the ledger")
-    c = sub.add_parser("compare", help="A's runs against B's runs of the same seeds at one epoch")
+    c = sub.add_parser("compare", help="A's runs against B's runs of the same seeds at one epoch or a window")
     c.add_argument("a", help="a ledger entry or results folder")
     c.add_argument("b", help="a ledger entry or results folder")
-    c.add_argument("--epoch", type=int, help="the epoch to compare (default: the last epoch both reached)")
+    when = c.add_mutually_exclusive_group()
+    when.add_argument("--epoch", type=int, help="the epoch to compare (default: the last epoch both reached)")
+    when.add_argument("--epochs", metavar="FIRST-LAST",
+                      help="compare the means over these epochs, and each side's fewest remaining weights")
     args = p.parse_args(argv)
     if args.verb == "compare":
         try:
-            epoch, rows = paired_runs(Path(args.a), Path(args.b), args.epoch)
+            epochs = parse_epochs(args.epochs) if args.epochs else args.epoch
+            epochs, rows = paired_runs(Path(args.a), Path(args.b), epochs)
         except (ValueError, run_folder.RunFileError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(comparison_table(args.a, args.b, epoch, rows), end="")
+        print(comparison_table(args.a, args.b, epochs, rows), end="")
         return 0
     if args.verb == "add":
         try:

@@ -150,8 +150,8 @@ def test_compare_pairs_runs_by_seed_at_the_last_common_epoch(tmp_path, capsys):
     a = _fake_results(tmp_path / "a", {7: [(0.50, 9.0), (0.60, 4.0)], 8: [(0.40, 8.0), (0.70, 3.0)],
                                        9: [(0.1, 1.0), (0.2, 1.0)]})
     b = _fake_results(tmp_path / "b", {8: [(0.45, 8.5), (0.65, 3.5), (0.9, 0.5)], 7: [(0.55, 9.5), (0.50, 4.5)]})
-    epoch, rows = ledger.paired_runs(a, b)
-    assert epoch == 2 and [r["seed"] for r in rows] == [7, 8]  # seed 9 has no partner
+    epochs, rows = ledger.paired_runs(a, b)
+    assert epochs == (2, 2) and [r["seed"] for r in rows] == [7, 8]  # seed 9 has no partner
     assert rows[0]["test_accuracy_diff"] == pytest.approx(10.0) and rows[0]["remaining_percent_diff"] == -0.5
     assert rows[1]["test_accuracy_a"] == pytest.approx(70.0) and rows[1]["test_accuracy_b"] == pytest.approx(65.0)
     assert ledger.main(["compare", str(a), str(b), "--epoch", "1"]) == 0
@@ -162,3 +162,32 @@ def test_compare_pairs_runs_by_seed_at_the_last_common_epoch(tmp_path, capsys):
     assert "no record of epoch 3" in capsys.readouterr().err
     assert ledger.main(["compare", str(a), str(_fake_results(tmp_path / "c", {1: [(0.5, 1.0)]}))]) == 2
     assert "share no seed" in capsys.readouterr().err
+
+
+def test_compare_over_an_epoch_window_gives_means_and_the_fewest_remaining(tmp_path, capsys):
+    a = _fake_results(tmp_path / "a", {7: [(0.50, 9.0), (0.60, 4.0)], 8: [(0.40, 8.0), (0.70, 3.0)]})
+    b = _fake_results(tmp_path / "b", {8: [(0.45, 8.5), (0.65, 3.5), (0.9, 0.5)], 7: [(0.55, 9.5), (0.50, 4.5)]})
+    window, rows = ledger.paired_runs(a, b, (1, 2))
+    assert window == (1, 2)
+    # seed 7: A (50 + 60) / 2 = 55.00 and (9 + 4) / 2 = 6.5; B (55 + 50) / 2 = 52.50 and (9.5 + 4.5) / 2 = 7.0
+    assert rows[0]["test_accuracy_a"] == pytest.approx(55.0) and rows[0]["remaining_percent_b"] == pytest.approx(7.0)
+    assert rows[0]["test_accuracy_diff"] == pytest.approx(2.5) and rows[0]["remaining_percent_diff"] == -0.5
+    assert ledger.main(["compare", str(a), str(b), "--epochs", "1-2"]) == 0
+    out = capsys.readouterr().out
+    assert "mean of epochs 1-2;" in out
+    assert "| 7 | 55.00 / 6.500 | 52.50 / 7.000 | +2.50 / -0.500 | 4.000 (2) | 4.500 (2) |" in out
+    assert "| 8 | 55.00 / 5.500 | 55.00 / 6.000 | +0.00 / -0.500 | 3.000 (2) | 3.500 (2) |" in out
+    assert "| mean of 2 | | | +1.25 / -0.500 | | |" in out
+    # the fewest remaining weights inside the window, at the first epoch that reached them
+    c = _fake_results(tmp_path / "c", {7: [(0.5, 2.0), (0.6, 1.0), (0.7, 1.5), (0.8, 1.0)]})
+    d = _fake_results(tmp_path / "d", {7: [(0.4, 3.0)] * 4})
+    assert ledger.main(["compare", str(c), str(d), "--epochs", "2-4"]) == 0
+    assert "| 7 | 70.00 / 1.167 | 40.00 / 3.000 | +30.00 / -1.833 | 1.000 (2) | 3.000 (2) |" in capsys.readouterr().out
+    assert ledger.main(["compare", str(c), str(d), "--epochs", "3"]) == 0  # one epoch: no window columns
+    out = capsys.readouterr().out
+    assert "epoch 3;" in out and "| 7 | 70.00 / 1.500 | 40.00 / 3.000 | +30.00 / -1.500 |\n" in out
+    for bad in ("3-2", "0-4", "a-b", "1-2-3", "2-5"):  # the last: c has no epoch 5
+        assert ledger.main(["compare", str(c), str(d), "--epochs", bad]) == 2
+        assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ledger.main(["compare", str(c), str(d), "--epoch", "2", "--epochs", "2-3"])
