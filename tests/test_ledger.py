@@ -27,6 +27,46 @@ def test_readme_and_docs_agree_with_the_ledger():
     assert ledger.main(["table", "--check"]) == 0
 
 
+def _markdown_tables(text):
+    """Every Markdown table of `text` as (header cells, [row cells])."""
+    tables, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---") and \
+                (i == 0 or not lines[i - 1].startswith("|")):
+            cells = []
+            for row in lines[i:]:
+                if not row.startswith("|"):
+                    break
+                cells.append([c.strip() for c in row.strip().strip("|").split("|")])
+            tables.append((cells[0], cells[2:]))
+    return tables
+
+
+def test_the_screen_tables_of_the_docs_agree_with_the_ledger():
+    """docs/reproducing.md's tables of recipe points (an `entry` column, then "epoch N" columns of
+    "test % / remaining %" and "mean test %, epochs A–B" columns) hold the ledger's numbers, as
+    `ledger.py compare` prints them."""
+    checked = 0
+    for header, rows in _markdown_tables((ledger.ROOT / "docs" / "reproducing.md").read_text()):
+        if "entry" not in header or not any(re.fullmatch(r"epoch \d+", column) for column in header):
+            continue
+        for row in rows:
+            name = row[header.index("entry")].strip("`")
+            (run,) = sorted((ledger.LEDGER / name).glob("run_[0-9][0-9][0-9]"))  # one run per screen
+            history = run_folder.read_run(run).history
+            for column, cell in zip(header, row):
+                if match := re.fullmatch(r"epoch (\d+)", column):
+                    record = ledger.epoch_record(history, int(match[1]))
+                    assert cell == f"{100 * record['test_accuracy']:.2f} / {record['remaining_percent']:.3f}", \
+                        (name, column)
+                    checked += 1
+                elif match := re.fullmatch(r"mean test %, epochs (\d+)–(\d+)", column):
+                    window = ledger.window_summary(history, int(match[1]), int(match[2]))
+                    assert cell == f"{window['test_accuracy']:.2f}", (name, column)
+                    checked += 1
+    assert checked >= 12  # the released run and its screens, four figures each
+
+
 def test_every_entry_is_whole():
     for entry in ledger.entries():
         folder = ledger.LEDGER / entry["name"]
