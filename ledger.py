@@ -30,7 +30,8 @@ An entry is one results folder (one config, its N runs), copied by `add` into le
 The entry's name is its results folder's name under today's identity rule (run_folder.results_dir), so a run made
 before a rename of the identity lands where the same command would put it now. `reports` ties an entry to a row of
 the paper's table (paper_results.PAPER_RESULTS): the README's status table is built from those entries only;
-other entries (recipe screens, precision checks) are listed in docs/reproducing.md.
+other entries (recipe screens, precision checks) are listed in docs/reproducing.md. Several Supermask entries may
+report one row (a released recipe and a found one: a line each), a baseline row only one.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
     name, cfg = entry_name(results)
     if reports is not None and reports not in PAPER_RESULTS:
         raise ValueError(f"--reports {reports!r}: not a row of the paper; allowed: {', '.join(PAPER_RESULTS)}")
+    baseline_entries([e for e in entries(ledger) if e["name"] != name] + [{"name": name, "reports": reports}])
     runs = run_folder.run_dirs(results)
     if not runs:
         raise ValueError(f"{results} holds no finished run")
@@ -227,19 +229,45 @@ def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
     return status
 
 
+def config_name(entry: dict) -> str:
+    """The config's `name` of an entry (its folder's name without the identity hash): conv2, conv2_found, ..."""
+    return entry["name"].rsplit("-", 1)[0]
+
+
+def baseline_entries(all_entries: list[dict]) -> dict[str, dict]:
+    """{baseline row: its entry}; ValueError when two entries report the same baseline row."""
+    baselines = {}
+    for e in all_entries:
+        if (e.get("reports") or "").endswith("_baseline"):
+            if e["reports"] in baselines:
+                raise ValueError(f"{baselines[e['reports']]['name']} and {e['name']} both report {e['reports']}; "
+                                 "a baseline row has one entry (add the other without --reports)")
+            baselines[e["reports"]] = e
+    return baselines
+
+
 def status_table(all_entries: list[dict]) -> str:
-    """The README's reproduction status table: every paper row, the paper's numbers and ours."""
-    reporting = {e["reports"]: e for e in all_entries if e.get("reports")}
+    """The README's reproduction status table: every paper row, the paper's numbers and ours. A row that several
+    Supermask entries report (the released recipe and a found one) gets a line per entry, named by its config,
+    the config named like the row first; a baseline row has at most one entry."""
+    baselines = baseline_entries(all_entries)
     lines = ["| row | paper Supermask % | ours | paper remaining % | ours | paper baseline % | ours | status |",
              "|---|---|---|---|---|---|---|---|"]
     for row in PAPER_ROWS:
         paper, base = PAPER_RESULTS[row], PAPER_RESULTS[f"{row}_baseline"]
-        supermask, baseline = reporting.get(row), reporting.get(f"{row}_baseline")
-        lines.append(f"| {paper.model} ({paper.dataset}) | {_paper(paper.accuracy, paper.accuracy_interval)} | "
-                     f"{_measured(supermask, 'test_accuracy_percent')} | "
-                     f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
-                     f"{_measured(supermask, 'remaining_percent')} | {_paper(base.accuracy, base.accuracy_interval)} | "
-                     f"{_measured(baseline, 'test_accuracy_percent')} | {row_status(row, supermask, baseline)} |")
+        baseline = baselines.get(f"{row}_baseline")
+        supermasks = sorted((e for e in all_entries if e.get("reports") == row),
+                            key=lambda e: (config_name(e) != row, config_name(e)))
+        for supermask in supermasks or [None]:
+            label = f"{paper.model} ({paper.dataset})"
+            if len(supermasks) > 1:
+                label += f", `{config_name(supermask)}`"
+            lines.append(f"| {label} | {_paper(paper.accuracy, paper.accuracy_interval)} | "
+                         f"{_measured(supermask, 'test_accuracy_percent')} | "
+                         f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
+                         f"{_measured(supermask, 'remaining_percent')} | "
+                         f"{_paper(base.accuracy, base.accuracy_interval)} | "
+                         f"{_measured(baseline, 'test_accuracy_percent')} | {row_status(row, supermask, baseline)} |")
     return "\n".join(lines) + "\n"
 
 

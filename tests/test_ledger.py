@@ -130,22 +130,57 @@ def test_the_status_table_has_every_row_of_the_paper():
     assert len(rows) == 10 and all(re.search(r"\| (not run|not run yet)", row) for row in rows)
 
 
+def test_a_row_with_a_released_and_a_found_recipe_gets_a_line_for_each():
+    def reporting(name, row, acc, rem, mode="signed"):
+        return {**_entry(acc, rem, mode=mode), "name": name, "reports": row}
+
+    found = reporting("conv2_found-0a1b2c3d", "conv2", 68.0, 0.60)
+    released = reporting("conv2-f00", "conv2", 68.4, 0.76)
+    baseline = reporting("conv2_baseline-b00", "conv2_baseline", 68.8, 100, mode="none")
+    lines = [line for line in ledger.status_table([found, released, baseline]).splitlines() if "Conv2" in line]
+    assert len(lines) == 2
+    assert lines[0].startswith("| Conv2 (CIFAR-10), `conv2` |") and "68.40 ± 0.10 (3×100 ep.)" in lines[0]
+    assert lines[1].startswith("| Conv2 (CIFAR-10), `conv2_found` |") and "0.60 ± 0.10 (3×100 ep.)" in lines[1]
+    assert lines[0].endswith("| outside: remaining |") and lines[1].endswith("| in interval |")
+    assert all("68.80 ± 0.10 (3×100 ep.)" in line for line in lines)  # the one baseline beside each
+    assert ledger.status_table([released]).count("Conv2 (CIFAR-10) |") == 1  # one entry: no config in the label
+    with pytest.raises(ValueError, match="both report conv2_baseline"):
+        ledger.status_table([baseline, reporting("conv2_baseline-c00", "conv2_baseline", 69.0, 100, mode="none")])
+
+
+def test_add_refuses_a_second_entry_for_a_baseline_row(tmp_path):
+    folders = []
+    for name in ("tiny_baseline", "tiny_baseline_again"):
+        cfg = looper.config_lib.parse_config({**TINY, "name": name, "runs": 1, "output_dir": str(tmp_path / "results"),
+                                              "model": {"architecture": "fcn", "mask_mode": "none"}})
+        folders.append(run_folder.results_dir(cfg))
+        looper.run_experiment(cfg, folders[-1])
+    first, second = folders
+    ledger.add(first, reports="fcn_baseline", command="c", commit="abc", ledger=tmp_path / "ledger")
+    with pytest.raises(ValueError, match="both report fcn_baseline"):
+        ledger.add(second, reports="fcn_baseline", command="c", commit="abc", ledger=tmp_path / "ledger")
+    ledger.add(first, reports="fcn_baseline", command="c2", commit="abc", ledger=tmp_path / "ledger")  # a re-add
+    assert ledger.add(second, reports=None, command="c", commit="abc", ledger=tmp_path / "ledger").is_dir()
+
+
 @pytest.mark.skipif(real_data("mnist.npz") is None, reason="real MNIST not in SUPERMASK_DATA_DIR")
 def test_the_fcn_entry_artifact_gives_the_recorded_accuracy(tmp_path, capsys):
     """Anyone can check the FCN row without training: export.py on a ledger run recomputes its test accuracy."""
     import export
 
-    (entry,) = [e for e in ledger.entries() if e["reports"] == "fcn"]
-    run = ledger.LEDGER / entry["name"] / "run_000"
-    assert export.main([str(run), "--check-accuracy", "--no-summary", "--out", str(tmp_path), "--data-source",
-                        "local", "--data-dir", str(real_data("mnist.npz").parent)]) == 0
-    out = capsys.readouterr().out
-    recorded = float(re.search(r"recorded in metrics.json\s+([\d.]+) %", out).group(1))
-    measured = float(re.search(r"compact reloaded\s+([\d.]+) %", out).group(1))
-    shrunk = float(re.search(r"shrunk .keras reloaded\s+([\d.]+) %", out).group(1))
-    assert recorded == measured == shrunk == pytest.approx(entry["runs"][0]["test_accuracy_percent"], abs=0.005)
-    config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["seed"] == entry["runs"][0]["seed"]
+    fcn_entries = [e for e in ledger.entries() if e["reports"] == "fcn"]  # the found recipe, and the released one
+    assert fcn_entries
+    for entry in fcn_entries:
+        run = ledger.LEDGER / entry["name"] / "run_000"
+        assert export.main([str(run), "--check-accuracy", "--no-summary", "--out", str(tmp_path / entry["name"]),
+                            "--data-source", "local", "--data-dir", str(real_data("mnist.npz").parent)]) == 0
+        out = capsys.readouterr().out
+        recorded = float(re.search(r"recorded in metrics.json\s+([\d.]+) %", out).group(1))
+        measured = float(re.search(r"compact reloaded\s+([\d.]+) %", out).group(1))
+        shrunk = float(re.search(r"shrunk .keras reloaded\s+([\d.]+) %", out).group(1))
+        assert recorded == measured == shrunk == pytest.approx(entry["runs"][0]["test_accuracy_percent"], abs=0.005)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["seed"] == entry["runs"][0]["seed"]
 
 
 def test_one_run_is_shown_without_a_spread():
