@@ -4,6 +4,9 @@
     python ledger.py table            print the reproduction status table (README) and the entry list (docs)
     python ledger.py table --write    write them into README.md and docs/reproducing.md between their markers
     python ledger.py table --check    exit 1 when README.md or docs/reproducing.md differ from the ledger
+    python ledger.py history A [--epochs 5,11,20-30]
+                                      A's runs epoch by epoch (a column per seed): test accuracy and remaining
+                                      weights, and each run's fewest remaining weights (and at which epoch)
     python ledger.py compare A B [--epoch N | --epochs FIRST-LAST]
                                       A's runs against B's runs of the same seeds at one epoch (default: the
                                       last epoch both reached): test accuracy and remaining weights, A − B.
@@ -322,6 +325,44 @@ def parse_epochs(text: str) -> tuple[int, int]:
     return first, last
 
 
+def parse_epoch_list(text: str) -> list[int]:
+    """"5,11,20-30" -> [5, 11, 20, 21, ..., 30]: comma-separated epochs and FIRST-LAST ranges (parse_epochs)."""
+    epochs = []
+    for item in text.split(","):
+        first, last = parse_epochs(item.strip())
+        epochs.extend(range(first, last + 1))
+    return epochs
+
+
+def history_table(folder: Path, epochs: list[int] | None = None) -> str:
+    """An entry's (or results folder's) runs epoch by epoch, a column per seed: "test % / remaining %" at
+    `epochs` (default: every epoch the runs reached), and each run's fewest remaining weights with their epoch."""
+    runs = {}
+    for directory in run_folder.run_dirs(folder):
+        record = run_folder.read_run(directory)
+        runs[record.metrics["seed"]] = [r for r in record.history if not r.get("partial")]
+    if not runs:
+        raise ValueError(f"{folder} holds no finished run")
+    seeds = sorted(runs)
+    if epochs is None:
+        epochs = list(range(1, max(len(h) for h in runs.values()) + 1))
+    lines = [f"{folder}: test % / remaining %", "", "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for epoch in epochs:
+        cells = []
+        for seed in seeds:
+            try:
+                r = epoch_record(runs[seed], epoch)
+                cells.append(f"{100 * r['test_accuracy']:.2f} / {r['remaining_percent']:.3f}")
+            except ValueError:
+                cells.append("–")
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    fewest = [window_summary(runs[s], 1, len(runs[s])) for s in seeds]
+    lines.append("| fewest remaining (epoch) | " + " | ".join(
+        f"{w['min_remaining_percent']:.3f} ({w['min_remaining_epoch']})" for w in fewest) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def window_summary(history: list[dict], first: int, last: int) -> dict:
     """One run over epochs first..last: the mean test accuracy (%) and remaining weights (%),
 
@@ -417,7 +458,17 @@ def main(argv=None) -> int:
     when.add_argument("--epoch", type=int, help="the epoch to compare (default: the last epoch both reached)")
     when.add_argument("--epochs", metavar="FIRST-LAST",
                       help="compare the means over these epochs, and each side's fewest remaining weights")
+    h = sub.add_parser("history", help="an entry's runs epoch by epoch: test accuracy and remaining weights")
+    h.add_argument("entry", help="a ledger entry or results folder")
+    h.add_argument("--epochs", metavar="LIST", help="epochs to show, e.g. 5,11,20-30 (default: every epoch)")
     args = p.parse_args(argv)
+    if args.verb == "history":
+        try:
+            print(history_table(Path(args.entry), parse_epoch_list(args.epochs) if args.epochs else None), end="")
+        except (ValueError, run_folder.RunFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.verb == "compare":
         try:
             epochs = parse_epochs(args.epochs) if args.epochs else args.epoch

@@ -239,6 +239,22 @@ def test_compare_pairs_runs_by_seed_at_the_last_common_epoch(tmp_path, capsys):
     assert "share no seed" in capsys.readouterr().err
 
 
+def test_history_shows_each_seed_epoch_by_epoch_and_its_fewest_remaining(tmp_path, capsys):
+    a = _fake_results(tmp_path / "a", {8: [(0.40, 8.0), (0.70, 3.0), (0.75, 3.5)], 7: [(0.50, 9.0), (0.60, 4.0)]})
+    assert ledger.parse_epoch_list("1, 3-4,7") == [1, 3, 4, 7]
+    assert ledger.main(["history", str(a), "--epochs", "1,3"]) == 0
+    out = capsys.readouterr().out
+    assert "| epoch | seed 7 | seed 8 |" in out  # seeds in order, whatever the run order
+    assert "| 1 | 50.00 / 9.000 | 40.00 / 8.000 |" in out
+    assert "| 3 | – | 75.00 / 3.500 |" in out  # seed 7 stopped at epoch 2
+    assert "| fewest remaining (epoch) | 4.000 (2) | 3.000 (2) |" in out
+    assert ledger.main(["history", str(a)]) == 0  # every epoch
+    assert "| 2 | 60.00 / 4.000 | 70.00 / 3.000 |" in capsys.readouterr().out
+    assert ledger.main(["history", str(a), "--epochs", "2,x"]) == 2
+    assert ledger.main(["history", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.count("error:") == 2
+
+
 def test_compare_over_an_epoch_window_gives_means_and_the_fewest_remaining(tmp_path, capsys):
     a = _fake_results(tmp_path / "a", {7: [(0.50, 9.0), (0.60, 4.0)], 8: [(0.40, 8.0), (0.70, 3.0)]})
     b = _fake_results(tmp_path / "b", {8: [(0.45, 8.5), (0.65, 3.5), (0.9, 0.5)], 7: [(0.55, 9.5), (0.50, 4.5)]})
