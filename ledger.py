@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -233,7 +234,8 @@ def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
 
 
 def config_name(entry: dict) -> str:
-    """The config's `name` of an entry (its folder's name without the identity hash): conv2, conv2_found, ..."""
+    """An entry's name without its identity hash: the config's `name` (conv2, conv2_found, ...); for a sweep's
+    combination the name and the combination (fcn_recipe_search__weight_init=elus_x2,...)."""
     return entry["name"].rsplit("-", 1)[0]
 
 
@@ -261,10 +263,13 @@ def status_table(all_entries: list[dict]) -> str:
         baseline = baselines.get(f"{row}_baseline")
         supermasks = sorted((e for e in all_entries if e.get("reports") == row),
                             key=lambda e: (config_name(e) != row, config_name(e)))
-        for supermask in supermasks or [None]:
+        names = [config_name(e) for e in supermasks]
+        if len(set(names)) < len(names):  # one config under two identities: the full entry names tell them apart
+            names = [e["name"] for e in supermasks]
+        for supermask, name in zip(supermasks or [None], names or [None]):
             label = f"{paper.model} ({paper.dataset})"
             if len(supermasks) > 1:
-                label += f", `{config_name(supermask)}`"
+                label += f", `{name}`"
             lines.append(f"| {label} | {_paper(paper.accuracy, paper.accuracy_interval)} | "
                          f"{_measured(supermask, 'test_accuracy_percent')} | "
                          f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
@@ -305,12 +310,34 @@ def expected_documents(all_entries: list[dict]) -> dict[Path, str]:
 # --------------------------------------------------------------------------------------------------------------
 # Paired comparisons
 # --------------------------------------------------------------------------------------------------------------
+def runs_by_seed(folder: Path) -> dict[int, list[dict]]:
+    """{seed: the run's complete epochs' history records} of an entry or results folder; ValueError when it
+    holds no finished run, two runs of one seed, or a run without a complete epoch."""
+    runs = {}
+    for directory in run_folder.run_dirs(folder):
+        record = run_folder.read_run(directory)
+        seed = record.metrics["seed"]
+        if seed in runs:
+            raise ValueError(f"{folder}: two runs of seed {seed}")
+        runs[seed] = [r for r in record.history if not r.get("partial")]
+        if not runs[seed]:
+            raise ValueError(f"{directory}: no complete epoch")
+    if not runs:
+        raise ValueError(f"{folder} holds no finished run")
+    return runs
+
+
 def epoch_record(history: list[dict], epoch: int) -> dict:
-    """The history record of `epoch` (1-based); ValueError when the run did not reach it."""
+    """The history record of `epoch` (1-based); ValueError when the run did not reach it or has no finite test
+    accuracy and remaining weights there (a run without test data)."""
     for record in history:
         if record["epoch"] == epoch and not record.get("partial"):
+            values = (record.get("test_accuracy"), record.get("remaining_percent"))
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise ValueError(f"epoch {epoch}: no finite test accuracy and remaining weights {values}")
             return record
-    raise ValueError(f"no record of epoch {epoch} (the run has {len(history)} epochs)")
+    complete = sum(not r.get("partial") for r in history)
+    raise ValueError(f"no record of epoch {epoch} (the run has {complete} complete epochs)")
 
 
 def parse_epochs(text: str) -> tuple[int, int]:
@@ -337,12 +364,7 @@ def parse_epoch_list(text: str) -> list[int]:
 def history_table(folder: Path, epochs: list[int] | None = None) -> str:
     """An entry's (or results folder's) runs epoch by epoch, a column per seed: "test % / remaining %" at
     `epochs` (default: every epoch the runs reached), and each run's fewest remaining weights with their epoch."""
-    runs = {}
-    for directory in run_folder.run_dirs(folder):
-        record = run_folder.read_run(directory)
-        runs[record.metrics["seed"]] = [r for r in record.history if not r.get("partial")]
-    if not runs:
-        raise ValueError(f"{folder} holds no finished run")
+    runs = runs_by_seed(folder)
     seeds = sorted(runs)
     if epochs is None:
         epochs = list(range(1, max(len(h) for h in runs.values()) + 1))
@@ -380,20 +402,12 @@ def paired_runs(a: Path, b: Path, epochs: int | tuple[int, int] | None = None) -
     """((first, last), rows): per seed that both folders ran, A's and B's window_summary over epochs
     first..last (an int N is N..N; default: the last epoch every paired run reached) and the differences
     A − B of the mean test accuracy and remaining weights."""
-    def by_seed(folder):
-        runs = {}
-        for directory in run_folder.run_dirs(folder):
-            record = run_folder.read_run(directory)
-            runs[record.metrics["seed"]] = record.history
-        return runs
-
-    runs_a, runs_b = by_seed(a), by_seed(b)
+    runs_a, runs_b = runs_by_seed(a), runs_by_seed(b)
     seeds = sorted(set(runs_a) & set(runs_b))
     if not seeds:
         raise ValueError(f"{a} and {b} share no seed (seeds {sorted(runs_a)} and {sorted(runs_b)})")
     if epochs is None:
-        epochs = min(max(r["epoch"] for r in h if not r.get("partial"))
-                     for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
+        epochs = min(h[-1]["epoch"] for runs in (runs_a, runs_b) for seed, h in runs.items() if seed in seeds)
     first, last = (epochs, epochs) if isinstance(epochs, int) else epochs
     rows = []
     for seed in seeds:
@@ -464,14 +478,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.verb == "history":
         try:
-            print(history_table(Path(args.entry), parse_epoch_list(args.epochs) if args.epochs else None), end="")
+            epochs = parse_epoch_list(args.epochs) if args.epochs is not None else None
+            print(history_table(Path(args.entry), epochs), end="")
         except (ValueError, run_folder.RunFileError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
     if args.verb == "compare":
         try:
-            epochs = parse_epochs(args.epochs) if args.epochs else args.epoch
+            epochs = parse_epochs(args.epochs) if args.epochs is not None else args.epoch
             epochs, rows = paired_runs(Path(args.a), Path(args.b), epochs)
         except (ValueError, run_folder.RunFileError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -488,8 +503,12 @@ def main(argv=None) -> int:
         print(f"added {target.relative_to(ROOT)}")
         return 0
     all_entries = entries()
-    if args.check or args.write:
+    try:
         expected = expected_documents(all_entries)
+    except ValueError as exc:  # the ledger itself is inconsistent (two entries for one baseline row)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check or args.write:
         stale = [path for path, text in expected.items() if path.read_text() != text]
         if args.write:
             for path in stale:

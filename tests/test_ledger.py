@@ -46,7 +46,7 @@ def test_the_screen_tables_of_the_docs_agree_with_the_ledger():
     """docs/reproducing.md's tables of recipe points (an `entry` column, then "epoch N" columns of
     "test % / remaining %" and "mean test %, epochs A–B" columns) hold the ledger's numbers, as
     `ledger.py compare` prints them."""
-    checked = 0
+    checked = {"epoch": 0, "mean": 0}
     for header, rows in _markdown_tables((ledger.ROOT / "docs" / "reproducing.md").read_text()):
         if "entry" not in header or not any(re.fullmatch(r"epoch \d+", column) for column in header):
             continue
@@ -59,12 +59,14 @@ def test_the_screen_tables_of_the_docs_agree_with_the_ledger():
                     record = ledger.epoch_record(history, int(match[1]))
                     assert cell == f"{100 * record['test_accuracy']:.2f} / {record['remaining_percent']:.3f}", \
                         (name, column)
-                    checked += 1
+                    checked["epoch"] += 1
                 elif match := re.fullmatch(r"mean test %, epochs (\d+)–(\d+)", column):
                     window = ledger.window_summary(history, int(match[1]), int(match[2]))
                     assert cell == f"{window['test_accuracy']:.2f}", (name, column)
-                    checked += 1
-    assert checked >= 12  # the released run and its screens, four figures each
+                    checked["mean"] += 1
+                else:
+                    assert column in ("point", "entry"), f"a column the check does not know: {column!r}"
+    assert checked["epoch"] >= 3 * 4 and checked["mean"] >= 4  # the released run and its screens
 
 
 def test_every_entry_is_whole():
@@ -146,6 +148,18 @@ def test_a_row_with_a_released_and_a_found_recipe_gets_a_line_for_each():
     assert ledger.status_table([released]).count("Conv2 (CIFAR-10) |") == 1  # one entry: no config in the label
     with pytest.raises(ValueError, match="both report conv2_baseline"):
         ledger.status_table([baseline, reporting("conv2_baseline-c00", "conv2_baseline", 69.0, 100, mode="none")])
+
+
+def test_one_config_under_two_identities_is_told_apart_by_entry_name(monkeypatch, capsys):
+    old = {**_entry(68.0, 0.70), "name": "conv2-0ld0ld00", "reports": "conv2"}
+    new = {**_entry(68.4, 0.76), "name": "conv2-f3384725", "reports": "conv2"}
+    lines = [line for line in ledger.status_table([old, new]).splitlines() if "Conv2" in line]
+    assert [line.split(" | ")[0] for line in lines] == ["| Conv2 (CIFAR-10), `conv2-0ld0ld00`",
+                                                        "| Conv2 (CIFAR-10), `conv2-f3384725`"]
+    base = {**_entry(68.8, 100, mode="none"), "reports": "conv2_baseline"}
+    monkeypatch.setattr(ledger, "entries", lambda: [{**base, "name": "b1"}, {**base, "name": "b2"}])
+    assert ledger.main(["table", "--check"]) == 2
+    assert "b1 and b2 both report conv2_baseline" in capsys.readouterr().err
 
 
 def test_add_refuses_a_second_entry_for_a_baseline_row(tmp_path):
@@ -253,6 +267,30 @@ def test_history_shows_each_seed_epoch_by_epoch_and_its_fewest_remaining(tmp_pat
     assert ledger.main(["history", str(a), "--epochs", "2,x"]) == 2
     assert ledger.main(["history", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.count("error:") == 2
+
+
+def test_history_and_compare_refuse_runs_they_cannot_read_in_one_line(tmp_path, capsys):
+    good = _fake_results(tmp_path / "good", {7: [(0.5, 9.0), (0.6, 4.0)]})
+    no_test = _fake_results(tmp_path / "no_test", {7: [(0.5, 9.0), (0.6, 4.0)]})
+    history = json.loads((no_test / "run_000" / run_folder.HISTORY).read_text())
+    history[1]["test_accuracy"] = None  # a run without test data
+    (no_test / "run_000" / run_folder.HISTORY).write_text(json.dumps(history))
+    only_partial = _fake_results(tmp_path / "only_partial", {7: [(0.5, 9.0)]})
+    history = json.loads((only_partial / "run_000" / run_folder.HISTORY).read_text())
+    history[0]["partial"] = True
+    (only_partial / "run_000" / run_folder.HISTORY).write_text(json.dumps(history))
+    twice = _fake_results(tmp_path / "twice", {7: [(0.5, 9.0)]})
+    _fake_results(tmp_path / "other", {7: [(0.6, 8.0)]}).joinpath("run_000").rename(twice / "run_001")
+    cases = [(["history", str(no_test), "--epochs", "2"], "no finite test accuracy"),
+             (["compare", str(no_test), str(good), "--epochs", "1-2"], "no finite test accuracy"),
+             (["history", str(only_partial)], "no complete epoch"),
+             (["compare", str(good), str(only_partial)], "no complete epoch"),
+             (["history", str(twice)], "two runs of seed 7"),
+             (["history", str(good), "--epochs", ""], "expected N or FIRST-LAST")]
+    for argv, message in cases:
+        assert ledger.main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert ledger.main(["compare", str(no_test), str(good), "--epoch", "1"]) == 0  # the epochs it has are fine
 
 
 def test_compare_over_an_epoch_window_gives_means_and_the_fewest_remaining(tmp_path, capsys):
