@@ -367,7 +367,7 @@ def history_table(folder: Path, epochs: list[int] | None = None) -> str:
     runs = runs_by_seed(folder)
     seeds = sorted(runs)
     if epochs is None:
-        epochs = list(range(1, max(len(h) for h in runs.values()) + 1))
+        epochs = sorted({r["epoch"] for h in runs.values() for r in h})
     lines = [f"{folder}: test % / remaining %", "", "| epoch | " + " | ".join(f"seed {s}" for s in seeds) + " |",
              "|---|" + "---|" * len(seeds)]
     for epoch in epochs:
@@ -379,10 +379,16 @@ def history_table(folder: Path, epochs: list[int] | None = None) -> str:
             except ValueError:
                 cells.append("–")
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
-    fewest = [window_summary(runs[s], 1, len(runs[s])) for s in seeds]
+    # over every complete epoch, each checked like a shown one (a run without test data is refused)
+    fewest = [fewest_remaining([epoch_record(runs[s], r["epoch"]) for r in runs[s]]) for s in seeds]
     lines.append("| fewest remaining (epoch) | " + " | ".join(
-        f"{w['min_remaining_percent']:.3f} ({w['min_remaining_epoch']})" for w in fewest) + " |")
+        f"{r['remaining_percent']:.3f} ({r['epoch']})" for r in fewest) + " |")
     return "\n".join(lines) + "\n"
+
+
+def fewest_remaining(records: list[dict]) -> dict:
+    """The record with the fewest remaining weights (the earliest of equals)."""
+    return min(records, key=lambda r: r["remaining_percent"])
 
 
 def window_summary(history: list[dict], first: int, last: int) -> dict:
@@ -392,7 +398,7 @@ def window_summary(history: list[dict], first: int, last: int) -> dict:
 
     and the fewest remaining weights with the epoch where they were fewest (the first such epoch)."""
     records = [epoch_record(history, e) for e in range(first, last + 1)]
-    lowest = min(records, key=lambda r: r["remaining_percent"])
+    lowest = fewest_remaining(records)
     return {"test_accuracy": 100.0 * run_folder.summary_statistics(r["test_accuracy"] for r in records)["mean"],
             "remaining_percent": run_folder.summary_statistics(r["remaining_percent"] for r in records)["mean"],
             "min_remaining_percent": lowest["remaining_percent"], "min_remaining_epoch": lowest["epoch"]}
