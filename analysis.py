@@ -378,8 +378,26 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9=,._-]+", "_", text)[:100]
 
 
+def paper_references(results: Sequence[ConfigResults]) -> list[dict]:
+    """The paper's final values that the per-epoch curves of `results` compare with: for every paper row of the
+    configs (paper_rows_of), one {row, metric, value, interval, baseline} per figure it has, metric being
+    "test_accuracy" (%) or "remaining_percent" (a baseline row has only its accuracy)."""
+    references = []
+    for row in paper_rows_of(results):
+        paper = PAPER_RESULTS[row]
+        baseline = paper.remaining_percent is None
+        references.append({"row": row, "metric": "test_accuracy", "value": paper.accuracy,
+                           "interval": paper.accuracy_interval, "baseline": baseline})
+        if not baseline:
+            references.append({"row": row, "metric": "remaining_percent", "value": paper.remaining_percent,
+                               "interval": paper.remaining_interval, "baseline": baseline})
+    return references
+
+
 def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, formats=FORMATS) -> list[Path]:
-    """Test accuracy (%) and remaining weights (%, log scale) per epoch: mean line and min-max band per config."""
+    """Test accuracy (%) and remaining weights (%, log scale) per epoch: mean line and min-max band per config,
+    and the paper's final values (paper_references) as dotted black lines (baselines: grey) with their interval
+    shaded."""
     plt = _pyplot()
     fig, (ax_acc, ax_rem) = plt.subplots(1, 2, figsize=(12, 4.5))
     for r, color in zip(results, _colors(len(results))):
@@ -393,6 +411,18 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
             stats = agg[key]
             ax.plot(epochs, scale * stats["mean"], style, color=color, label=label, lw=1.5)
             ax.fill_between(epochs, scale * stats["min"], scale * stats["max"], color=color, alpha=0.2, lw=0)
+    axes = {"test_accuracy": ax_acc, "remaining_percent": ax_rem}
+    paper_remaining = []
+    for ref in paper_references(results):
+        color = "0.5" if ref["baseline"] else "k"
+        what = "baseline" if ref["baseline"] else "Supermask"
+        label = f"paper {PAPER_RESULTS[ref['row']].model.removesuffix(' baseline')} {what}: {ref['value']}"
+        if ref["interval"]:
+            label += f" [{ref['interval'][0]}, {ref['interval'][1]}]"
+            axes[ref["metric"]].axhspan(*ref["interval"], color=color, alpha=0.12, lw=0)
+        line = axes[ref["metric"]].axhline(ref["value"], color=color, ls=":", lw=1.2, label=label)
+        if ref["metric"] == "remaining_percent":
+            paper_remaining.append(line)
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy (mean, min-max over runs)")
     ax_rem.set(xlabel="epoch", ylabel="remaining weights (%)", yscale="log",
                title="Remaining weights (mean, min-max over runs)")
@@ -400,6 +430,8 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
     for ax in (ax_acc, ax_rem):
         ax.grid(True, which="both", alpha=0.3)
     ax_acc.legend(fontsize=8, loc="lower right")
+    if paper_remaining:  # the configs are named in the accuracy panel's legend already
+        ax_rem.legend(handles=paper_remaining, fontsize=8, loc="upper right")
     return _save(fig, out_dir, "training_curves", formats)
 
 

@@ -228,3 +228,30 @@ def test_duplicate_config_names_get_distinct_labels(tmp_path):
         write_run(tmp_path / parent / name / "run_000", "sig", 0)
     labels = [r.label for r in analysis.load_results([tmp_path])]
     assert labels == ["a/sig", "b/fcn-22222222", "b/fcn-33333333"]  # by config name, made unique
+
+
+def test_training_curves_compare_with_the_papers_final_values(results, tmp_path, monkeypatch):
+    loaded = analysis.load_results([results])
+    references = [(r["row"], r["metric"], r["value"], r["interval"], r["baseline"])
+                  for r in analysis.paper_references(loaded)]
+    # the FCN rows of the paper's table: Supermask 97.48 [97.3, 97.7] at 3.77 [3.7, 3.8] %, baseline 97.42 [97.4, 97.5]
+    assert references == [("fcn", "test_accuracy", 97.48, (97.3, 97.7), False),
+                          ("fcn", "remaining_percent", 3.77, (3.7, 3.8), False),
+                          ("fcn_baseline", "test_accuracy", 97.42, (97.4, 97.5), True)]
+    baselines_only = [r for r in loaded if r.is_baseline]
+    assert [r["metric"] for r in analysis.paper_references(baselines_only)] == ["test_accuracy"]
+    figures = []
+    monkeypatch.setattr(analysis, "_save", lambda fig, *args, **kwargs: figures.append(fig) or [])
+    analysis.plot_training_curves(loaded, tmp_path)
+    ax_acc, ax_rem = figures[0].axes
+
+    def dotted(ax):  # the paper's values
+        return sorted(line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+
+    def shaded(ax):  # the paper's intervals
+        return sorted((round(p.get_y(), 6), round(p.get_y() + p.get_height(), 6)) for p in ax.patches)
+
+    assert dotted(ax_acc) == [97.42, 97.48] and dotted(ax_rem) == [3.77]
+    assert shaded(ax_acc) == [(97.3, 97.7), (97.4, 97.5)] and shaded(ax_rem) == [(3.7, 3.8)]
+    assert [t.get_text() for t in ax_rem.get_legend().get_texts()] == ["paper FCN Supermask: 3.77 [3.7, 3.8]"]
+    assert "paper FCN baseline: 97.42 [97.4, 97.5]" in [t.get_text() for t in ax_acc.get_legend().get_texts()]
