@@ -194,11 +194,20 @@ def verdict(value: float, interval) -> str | None:
     return "in" if interval[0] <= value <= interval[1] else "outside"
 
 
-def _measured(entry: dict | None, key: str, digits: int = 2) -> str:
+def judged_digits(value: float, interval, digits: int = 2, most: int = 4) -> int:
+    """The decimals to print `value` with, from `digits` up to `most`, so that the printed number gets the same
+    verdict against the paper's interval as the value itself: 0.5762 against [0.58, 0.62] prints as 0.576
+    (outside), not as 0.58, which would read as inside."""
+    while digits < most and verdict(round(value, digits), interval) != verdict(value, interval):
+        digits += 1
+    return digits
+
+
+def _measured(entry: dict | None, key: str, interval=None) -> str:
     if entry is None:
         return "–"
     s = entry["summary"]
-    return f"{_mean_std(s[key], digits)} ({s['runs']}×{entry['epochs']} ep.)"
+    return f"{_mean_std(s[key], judged_digits(s[key]['mean'], interval))} ({s['runs']}×{entry['epochs']} ep.)"
 
 
 def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
@@ -271,11 +280,12 @@ def status_table(all_entries: list[dict]) -> str:
             if len(supermasks) > 1:
                 label += f", `{name}`"
             lines.append(f"| {label} | {_paper(paper.accuracy, paper.accuracy_interval)} | "
-                         f"{_measured(supermask, 'test_accuracy_percent')} | "
+                         f"{_measured(supermask, 'test_accuracy_percent', paper.accuracy_interval)} | "
                          f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
-                         f"{_measured(supermask, 'remaining_percent')} | "
+                         f"{_measured(supermask, 'remaining_percent', paper.remaining_interval)} | "
                          f"{_paper(base.accuracy, base.accuracy_interval)} | "
-                         f"{_measured(baseline, 'test_accuracy_percent')} | {row_status(row, supermask, baseline)} |")
+                         f"{_measured(baseline, 'test_accuracy_percent', base.accuracy_interval)} | "
+                         f"{row_status(row, supermask, baseline)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -126,6 +126,19 @@ def test_status_words_against_the_papers_intervals():
     assert ledger.row_status("resnet56", None, None).startswith("not run: CIFAR-100 is not on this machine")
 
 
+def test_a_value_is_printed_with_the_digits_its_verdict_needs():
+    # 0.5762 rounds to 0.58, the interval's lower bound: printed so, an outside value would read as inside
+    assert ledger.judged_digits(0.5762, (0.58, 0.62)) == 3 and ledger.judged_digits(0.5796, (0.58, 0.62)) == 4
+    assert ledger.judged_digits(0.576, None) == 2 and ledger.judged_digits(0.7589, (0.58, 0.62)) == 2
+    assert ledger.judged_digits(97.696, (97.3, 97.7)) == 2  # 97.70 is inside, like 97.696
+    assert ledger.judged_digits(97.7049, (97.3, 97.7)) == 3  # 97.70 would read as inside; it is 97.705
+    assert ledger.judged_digits(0.57999999, (0.58, 0.62)) == 4  # at most 4 decimals, even if they still round in
+    table = ledger.status_table([{**_entry(68.0, 0.5762, runs=1), "name": "conv2_found-0a1b2c3d",
+                                  "reports": "conv2"}])
+    (line,) = [line for line in table.splitlines() if line.startswith("| Conv2 ")]
+    assert "| 0.576 (1×100 ep.) |" in line and line.endswith("| outside: remaining; baseline not run yet |")
+
+
 def test_the_status_table_has_every_row_of_the_paper():
     table = ledger.status_table([])
     rows = [line for line in table.splitlines()[2:]]
