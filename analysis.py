@@ -416,7 +416,7 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
     for ref in paper_references(results):
         color = "0.5" if ref["baseline"] else "k"
         what = "baseline" if ref["baseline"] else "Supermask"
-        label = f"paper {PAPER_RESULTS[ref['row']].model.removesuffix(' baseline')} {what}: {ref['value']}"
+        label = f"paper {PAPER_RESULTS[ref['row']].model.removesuffix(' baseline')} {what}: {ref['value']:.2f}"
         if ref["interval"]:
             label += f" [{ref['interval'][0]}, {ref['interval'][1]}]"
             axes[ref["metric"]].axhspan(*ref["interval"], color=color, alpha=0.12, lw=0)
