@@ -52,7 +52,7 @@ import keras  # noqa: E402
 import compact  # noqa: E402
 from custom_layers import mask_mode_from_name  # noqa: E402
 from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
-from paper_results import PAPER_RESULTS  # noqa: E402
+from paper_results import PAPER_RESULTS, paper_figure  # noqa: E402
 from run_folder import (  # noqa: E402
     COMPACT,
     CONFIG,
@@ -416,9 +416,9 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
     for ref in paper_references(results):
         color = "0.5" if ref["baseline"] else "k"
         what = "baseline" if ref["baseline"] else "Supermask"
-        label = f"paper {PAPER_RESULTS[ref['row']].model.removesuffix(' baseline')} {what}: {ref['value']:.2f}"
+        model = PAPER_RESULTS[ref["row"]].model.removesuffix(" baseline")
+        label = f"paper {model} {what}: {paper_figure(ref['value'], ref['interval'])}"
         if ref["interval"]:
-            label += f" [{ref['interval'][0]}, {ref['interval'][1]}]"
             axes[ref["metric"]].axhspan(*ref["interval"], color=color, alpha=0.12, lw=0)
         line = axes[ref["metric"]].axhline(ref["value"], color=color, ls=":", lw=1.2, label=label)
         if ref["metric"] == "remaining_percent":

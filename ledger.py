@@ -50,7 +50,7 @@ from pathlib import Path
 
 import config as config_lib
 import run_folder
-from paper_results import PAPER_RESULTS
+from paper_results import PAPER_RESULTS, paper_figure
 
 ROOT = Path(__file__).resolve().parent
 LEDGER = ROOT / "ledger"
@@ -181,12 +181,6 @@ def _mean_std(stats: dict, digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def _paper(value, interval) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.2f}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
-
-
 def verdict(value: float, interval) -> str | None:
     """'in' / 'outside' of the paper's interval, None when the paper gives none."""
     if interval is None:
@@ -279,11 +273,11 @@ def status_table(all_entries: list[dict]) -> str:
             label = f"{paper.model} ({paper.dataset})"
             if len(supermasks) > 1:
                 label += f", `{name}`"
-            lines.append(f"| {label} | {_paper(paper.accuracy, paper.accuracy_interval)} | "
+            lines.append(f"| {label} | {paper_figure(paper.accuracy, paper.accuracy_interval)} | "
                          f"{_measured(supermask, 'test_accuracy_percent', paper.accuracy_interval)} | "
-                         f"{_paper(paper.remaining_percent, paper.remaining_interval)} | "
+                         f"{paper_figure(paper.remaining_percent, paper.remaining_interval)} | "
                          f"{_measured(supermask, 'remaining_percent', paper.remaining_interval)} | "
-                         f"{_paper(base.accuracy, base.accuracy_interval)} | "
+                         f"{paper_figure(base.accuracy, base.accuracy_interval)} | "
                          f"{_measured(baseline, 'test_accuracy_percent', base.accuracy_interval)} | "
                          f"{row_status(row, supermask, baseline)} |")
     return "\n".join(lines) + "\n"

@@ -20,6 +20,14 @@ class PaperRow:
     parameters: int | None = None
 
 
+def paper_figure(value: float | None, interval: tuple[float, float] | None = None) -> str:
+    """A paper figure as this repository prints it: two decimals, then its interval as the paper prints it
+    ("0.60 [0.58, 0.62]"); "–" where the paper gives no figure."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
+
+
 PAPER_RESULTS: dict[str, PaperRow] = {
     "fcn": PaperRow("FCN", "MNIST", 97.48, (97.3, 97.7), 3.77, (3.7, 3.8), 266_200),
     "conv2": PaperRow("Conv2", "CIFAR-10", 68.37, (67.7, 69.0), 0.60, (0.58, 0.62), 4_300_992),
