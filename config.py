@@ -282,6 +282,13 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
         errors.append(ConfigError("data.batch_size", "distributed training needs a batch of at least 2"))
 
 
+def _require_mapping(raw, source: str) -> None:
+    """Refuse a config whose top level is not a mapping (a YAML list or scalar), in one line."""
+    if not isinstance(raw, dict):
+        raise ConfigErrors([ConfigError("", f"the top level must be a mapping of keys, got {type(raw).__name__}")],
+                           source)
+
+
 def resolve_run_file(pattern: str, run: int, base_dir: Path | None = None) -> Path:
     """The init file of run `run`: '{run}' in `pattern` becomes the 3-digit run index."""
     path = Path(pattern.replace("{run}", f"{run:03d}")).expanduser()
@@ -291,17 +298,15 @@ def resolve_run_file(pattern: str, run: int, base_dir: Path | None = None) -> Pa
 def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config") -> ExperimentConfig:
     """Validate a raw mapping into an ExperimentConfig (sweep values are validated per combination)."""
     errors: list[ConfigError] = []
-    if not isinstance(raw, dict):
-        raise ConfigErrors([ConfigError("", f"the top level must be a mapping of keys, got {type(raw).__name__}")],
-                           source)
+    _require_mapping(raw, source)
     cfg = _build("", ExperimentConfig, raw, errors)
     if cfg is not None and not errors:
         _cross_checks(cfg, Path(base_dir), errors)
     if cfg is not None and cfg.sweep is not None and not errors:
         for combo in expand_sweep(cfg.sweep, errors):
-            child = apply_overrides(strip_sweep(raw), combo)
             sub_errors: list[ConfigError] = []
-            sub = _build("", ExperimentConfig, child, sub_errors)
+            child = apply_overrides(strip_sweep(raw), combo, sub_errors)
+            sub = None if sub_errors else _build("", ExperimentConfig, child, sub_errors)
             if sub is not None and not sub_errors:
                 _cross_checks(sub, Path(base_dir), sub_errors)
             label = ", ".join(f"{k}={v}" for k, v in combo.items())
@@ -362,14 +367,15 @@ def read_yaml(path: str | os.PathLike) -> dict:
 def load_config(path: str | os.PathLike, overrides: list[str] = (), **cli) -> tuple[ExperimentConfig, dict]:
     """Read, override (`key.sub=value` strings and CLI shortcuts) and validate; returns (config, raw mapping)."""
     raw = read_yaml(path)
+    _require_mapping(raw, str(path))
     errors: list[ConfigError] = []
     parsed = dict(parse_override(o, errors) for o in overrides) if overrides else {}
     shortcuts = {"runs": cli.get("runs"), "output_dir": cli.get("out"), "data.source": cli.get("data_source"),
                  "data.data_dir": cli.get("data_dir"), "training.epochs": cli.get("epochs")}
     parsed.update({k: v for k, v in shortcuts.items() if v is not None})
+    raw = apply_overrides(raw, parsed, errors)
     if errors:
         raise ConfigErrors(errors, str(path))
-    raw = apply_overrides(raw, parsed)
     # Relative file paths in a config are relative to the working directory (where the user runs the looper).
     return parse_config(raw, base_dir=Path("."), source=str(path)), raw
 
@@ -383,26 +389,70 @@ def parse_override(text: str, errors: list[ConfigError]) -> tuple[str, Any]:
         errors.append(ConfigError("--set", f"expected key.sub=value, got {text!r}"))
         return ("", None)
     key, value = text.split("=", 1)
+    if not key.strip():
+        errors.append(ConfigError("--set", f"expected key.sub=value, got {text!r} (no key before '=')"))
+        return ("", None)
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError:
         return key.strip(), value
 
 
-def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
-    """A copy of `raw` with dotted keys set (intermediate mappings created; a preset string replaced by a mapping
-    when a sub-key of it is set)."""
+# The keys whose value may be a preset name standing for a mapping of InitSpec fields.
+_PRESET_KEYS = {"model.weight_init": hparams.WEIGHT_PRESETS, "model.mask_init": hparams.MASK_PRESETS}
+
+
+def _preset_fields(raw: dict, key: str, value, errors: list[ConfigError]) -> dict | None:
+    """The mapping a preset-valued key stands for, so that one of its fields can be set: the named preset's fields
+    (`he_uniform` -> {distribution: uniform, scaling: he, factor: 1.0}); for an absent key, its default's (for
+    weight_init, the default of the config's mask mode)."""
+    if value is None:
+        if key == "model.weight_init":
+            mode = (raw.get("model") or {}).get("mask_mode", ModelConfig.mask_mode)
+            value = hparams.DEFAULT_WEIGHT_INIT[mode != BASELINE_MODE]
+        else:
+            value = ModelConfig.mask_init
+    try:
+        return dataclasses.asdict(hparams.init_spec(value, _PRESET_KEYS[key]))
+    except (TypeError, ValueError) as exc:
+        errors.append(ConfigError(key, str(exc)))
+        return None
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigError] | None = None) -> dict:
+    """A copy of `raw` with dotted keys set. Absent intermediate mappings are created; a preset name
+    (`model.mask_init: he_uniform`) becomes the mapping of its fields when one of them is set, so that
+    `model.mask_init.factor=2` changes the factor of *that* preset; setting a key below any other scalar or list
+    is an error (appended to `errors`; raised as ConfigErrors when `errors` is None)."""
     raw = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        if not key:
+    problems: list[ConfigError] = []
+    inside_preset = tuple(f"{k}." for k in _PRESET_KEYS)
+    # Keys inside a preset last, so that a mask_mode set alongside decides weight_init's default.
+    for key, value in sorted(overrides.items(), key=lambda kv: kv[0].startswith(inside_preset)):
+        if not key:  # a --set that parse_override already refused
             continue
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
+        node, parts = raw, key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            path = ".".join(parts[:depth + 1])
+            current = node.get(part)
+            if path in _PRESET_KEYS and not isinstance(current, dict):
+                current = _preset_fields(raw, path, current, problems)
+                if current is None:
+                    break
+            elif current is None:
+                current = {}
+            elif not isinstance(current, dict):
+                problems.append(ConfigError(path, f"is {current!r}, not a mapping, so {key} cannot be set; give "
+                                                  f"{path} as a mapping of keys"))
+                break
+            node[part] = current
+            node = current
+        else:
+            node[parts[-1]] = value
+    if problems and errors is None:
+        raise ConfigErrors(problems)
+    if errors is not None:
+        errors.extend(problems)
     return raw
 
 
@@ -501,7 +551,9 @@ REFERENCE_HEADER = (
     "hold, its default, allowed values and meaning. Unknown keys, wrong types, out-of-range values, unknown names, "
     "a key given twice, an empty or non-UTF-8 file are refused before anything runs (exit code 2).\n\n"
     "Sections: top-level experiment keys, `data`, `model`, `training`, and an optional `sweep`. Sweep keys are "
-    "dotted paths (`model.threshold_fraction`); each combination is validated like a config of its own.\n")
+    "dotted paths (`model.threshold_fraction`); each combination is validated like a config of its own. Sweep keys "
+    "and `--set KEY=VALUE` may name a field of an init preset: `model.mask_init.factor=0.5` on `mask_init: "
+    "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default).\n")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,51 @@ def test_overrides_and_cli_shortcuts(tmp_path):
         load_config(path, ["epochs"])
 
 
+def test_an_override_inside_a_preset_changes_that_preset(tmp_path):
+    """`model.mask_init.factor=0.5` on `mask_init: he_uniform` scales he_uniform; it does not fall back to the
+    InitSpec defaults (a signed constant); an absent weight_init expands to the default of the mask mode."""
+    path = tmp_path / "c.yaml"
+    raw = _with("model.weight_init", "he")
+    raw["model"]["mask_init"] = "he_uniform"
+    path.write_text(yaml.safe_dump(raw))
+    cfg, _ = load_config(path, ["model.weight_init.factor=2", "model.mask_init.factor=0.5"])
+    assert cfg.model.weight_init == InitSpec("signed_constant", "he", 2.0)
+    assert cfg.model.mask_init == InitSpec("uniform", "he", 0.5)
+    path.write_text(yaml.safe_dump(GOOD))
+    baseline, _ = load_config(path, ["model.weight_init.factor=2", "model.mask_mode=none"])
+    assert baseline.model.weight_init == InitSpec("uniform", "elu", 2.0)  # elu_uniform, the baselines' default
+    masked, _ = load_config(path, ["model.mask_init.scaling=he"])
+    assert masked.model.mask_init == InitSpec("uniform", "he", 1.0)  # from xavier_uniform, the default
+    sweep = _with("sweep", {"grid": {"model.mask_init.factor": [0.5, 2.0]}})
+    sweep["model"]["mask_init"] = "elu_uniform"
+    cfg = parse_config(sweep)
+    children = [child.model.mask_init for _, child, _ in config_lib.combinations(cfg, sweep)]
+    assert children == [InitSpec("uniform", "elu", 0.5), InitSpec("uniform", "elu", 2.0)]
+
+
+@pytest.mark.parametrize("raw, sets, cli, fragment", [
+    ([1, 2], [], {"runs": 2}, "the top level must be a mapping of keys, got list"),
+    (_with("model", "conv6"), ["model.threshold_fraction=0.5"], {},
+     "model: is 'conv6', not a mapping, so model.threshold_fraction cannot be set"),
+    (GOOD, ["=0.5"], {}, "--set: expected key.sub=value, got '=0.5'"),
+    (_with("model.weight_init", "glorot"), ["model.weight_init.factor=2"], {},
+     "model.weight_init: unknown init preset 'glorot'; allowed: elus"),
+], ids=["list-with-a-shortcut", "scalar-section", "empty-key", "unknown-preset"])
+def test_an_override_that_cannot_apply_is_refused_in_one_line(tmp_path, capsys, raw, sets, cli, fragment):
+    import experiment_looper
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, sets, **cli)
+    assert len(info.value.errors) == 1 and fragment in str(info.value)
+    argv = [str(path), *(a for s in sets for a in ("--set", s)),
+            *(a for k, v in cli.items() for a in (f"--{k}", str(v)))]
+    assert experiment_looper.main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
 def test_sweep_expansion_grid_and_zip():
     sweep = SweepConfig(grid={"a": [1, 2], "b": ["x", "y", "z"]}, zip={"c": [10, 20], "d": [0.1, 0.2]})
     combos = expand_sweep(sweep)
