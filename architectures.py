@@ -17,13 +17,15 @@ CIFAR = ("cifar10", "cifar100")
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """`module.function(**kwargs, layers=..., **build_kwargs)` builds it; `datasets` are the ones it fits."""
+    """`module.function(**kwargs, layers=..., **build_kwargs)` builds it; `datasets` are the ones it fits;
+    `options` are the model keys of a config that its builder takes (the config refuses the others)."""
 
     name: str
     module: str
     function: str
     kwargs: dict
     datasets: tuple[str, ...]
+    options: tuple[str, ...]
 
     def build(self, layers, **build_kwargs):
         builder = getattr(importlib.import_module(self.module), self.function)
@@ -33,11 +35,16 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in (
-        Architecture("fcn", "dense_networks", "build_fcn", {}, ("mnist",)),
-        *(Architecture(f"conv{d}", "conv_networks", "build_conv", {"depth": d}, CIFAR) for d in (2, 4, 6, 8)),
-        *(Architecture(f"resnet{d}", "resnet_networks", "build_resnet", {"depth": d}, CIFAR) for d in (20, 56, 110)),
+        Architecture("fcn", "dense_networks", "build_fcn", {}, ("mnist",), ("dropout",)),
+        *(Architecture(f"conv{d}", "conv_networks", "build_conv", {"depth": d}, CIFAR, ("width", "dropout"))
+          for d in (2, 4, 6, 8)),
+        *(Architecture(f"resnet{d}", "resnet_networks", "build_resnet", {"depth": d}, CIFAR,
+                       ("width", "batch_norm", "stem_batch_norm"))
+          for d in (20, 56, 110)),
     )
 }
+# Every model key that some architecture takes and others ignore.
+OPTIONS = tuple(dict.fromkeys(option for a in ARCHITECTURES.values() for option in a.options))
 
 
 def build_model(architecture: str, layers, **kwargs: Any):

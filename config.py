@@ -255,6 +255,13 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
     if cfg.model.num_classes is not None and cfg.model.num_classes != classes:
         errors.append(ConfigError("model.num_classes", f"{cfg.model.num_classes} classes do not fit {dataset}, "
                                                        f"which has {classes}; set it to {classes} or null"))
+    takes, defaults = architectures.ARCHITECTURES[arch].options, ModelConfig()
+    for key in architectures.OPTIONS:
+        default = getattr(defaults, key)
+        if key not in takes and getattr(cfg.model, key) != default:
+            users = [a.name for a in architectures.ARCHITECTURES.values() if key in a.options]
+            errors.append(ConfigError(f"model.{key}", f"{arch} does not use it (only {', '.join(users)} do); remove "
+                                                      f"the key or set it to {'null' if default is None else default}"))
     if arch.startswith("resnet") and float(cfg.model.width) != int(cfg.model.width):
         errors.append(ConfigError("model.width", f"ResNet widths are integers, got {cfg.model.width}"))
     if cfg.data.augment and dataset == "mnist":

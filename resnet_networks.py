@@ -48,6 +48,9 @@ def build_resnet(depth: int, layers: LayerFactory | None = None, *, width: int =
     """
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(f"ResNet depth must be 6n + 2 (20, 56, 110, ...), got {depth}")
+    if width != int(width) or width < 1:
+        raise ValueError(f"ResNet width must be a whole number >= 1, got {width}")
+    width = int(width)
     for mode in (batch_norm, stem_batch_norm or batch_norm):
         if mode not in BATCH_NORM_MODES:
             raise ValueError(f"unknown batch_norm {mode!r}; allowed: {', '.join(BATCH_NORM_MODES)}")

@@ -297,17 +297,11 @@ def layer_factory(cfg: ExperimentConfig, seed: int):
 
 def build_run_model(cfg: ExperimentConfig, seed: int, run: int):
     """The config's model for one run, with weights / masks loaded from the init files when configured."""
-    from architectures import build_model
+    from architectures import ARCHITECTURES, build_model
 
     m = cfg.model
-    kwargs: dict[str, Any] = {"num_classes": cfg.num_classes}
-    if m.architecture.startswith("resnet"):
-        kwargs.update(width=int(m.width), batch_norm=m.batch_norm, stem_batch_norm=m.stem_batch_norm)
-    elif m.architecture.startswith("conv"):
-        kwargs.update(width=m.width, dropout=m.dropout)
-    else:
-        kwargs.update(dropout=m.dropout)
-    model = build_model(m.architecture, layer_factory(cfg, seed), **kwargs)
+    kwargs: dict[str, Any] = {key: getattr(m, key) for key in ARCHITECTURES[m.architecture].options}
+    model = build_model(m.architecture, layer_factory(cfg, seed), num_classes=cfg.num_classes, **kwargs)
     if m.weights_file:
         load_weights_npz(model, config_lib.resolve_run_file(m.weights_file, run), parts=("kernel",))
     if m.masks_file:

@@ -66,6 +66,9 @@ BAD = [
     ("model.architecture", "conv6", "model.architecture", "conv6 does not fit dataset mnist"),
     ("model.num_classes", 100, "model.num_classes", "100 classes do not fit mnist"),
     ("data.augment", True, "data.augment", "augmentation"),
+    ("model.width", 2.0, "model.width", "fcn does not use it (only conv2, conv4, conv6, conv8, resnet20"),
+    ("model.batch_norm", "none", "model.batch_norm", "fcn does not use it (only resnet20, resnet56, resnet110 do)"),
+    ("model.stem_batch_norm", "frozen", "model.stem_batch_norm", "set it to null"),
     ("model.weights_file", "nowhere/run_{run}.npz", "model.weights_file",
      "does not exist; create it with init_example"),
     ("model.masks_file", "nowhere.npz", "model.masks_file", "does not exist"),
@@ -85,6 +88,21 @@ def test_bad_config_names_the_key(key, value, names, fragment):
     assert names in keys, keys
     assert fragment in str(info.value)
     assert "\n" not in str(info.value.errors[0])  # one line per problem
+
+
+def test_a_model_key_the_architecture_ignores_is_refused():
+    """Each architecture takes only its own options (architectures.Architecture.options): a ResNet has no dropout,
+    a Conv no batch norm; their defaults pass, and every shipped value of a used key is accepted."""
+    resnet = {**GOOD, "data": {"dataset": "cifar10", "source": "synthetic"},
+              "model": {"architecture": "resnet20", "width": 2, "batch_norm": "frozen", "stem_batch_norm": "learned"}}
+    assert parse_config(resnet).model.width == 2
+    with pytest.raises(ConfigErrors, match="model.dropout: resnet20 does not use it .only fcn, conv2, conv4, conv6, "
+                                           "conv8 do.; remove the key or set it to 0.0"):
+        parse_config({**resnet, "model": {**resnet["model"], "dropout": 0.1}})
+    conv = {**resnet, "model": {"architecture": "conv2", "width": 0.5, "dropout": 0.2, "batch_norm": "learned"}}
+    assert parse_config(conv).model.dropout == 0.2
+    with pytest.raises(ConfigErrors, match="model.batch_norm: conv2 does not use it"):
+        parse_config({**conv, "model": {**conv["model"], "batch_norm": "none"}})
 
 
 def test_a_spec_and_the_schema_refuse_with_the_same_rule():

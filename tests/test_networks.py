@@ -82,6 +82,25 @@ def test_resnet_layout_shapes():
         build_resnet(21)
     with pytest.raises(ValueError, match="allowed: learned, none, frozen"):
         build_resnet(20, batch_norm="affine")
+    with pytest.raises(ValueError, match="whole number >= 1, got 1.5"):
+        build_resnet(20, width=1.5)
+
+
+@pytest.mark.parametrize("model, check", [
+    ({"architecture": "conv2", "width": 0.5, "dropout": 0.3},
+     lambda m: m.get_layer("conv_0_0").filters == 32 and any(isinstance(x, keras.layers.Dropout) for x in m.layers)),
+    ({"architecture": "resnet20", "width": 2.0, "batch_norm": "none"},  # a config's width is a float
+     lambda m: m.get_layer("stem_conv").filters == 32 and not any(
+         isinstance(x, keras.layers.BatchNormalization) for x in m.layers)),
+], ids=["conv2", "resnet20"])
+def test_a_config_builds_with_its_architectures_options(model, check):
+    """run_folder.build_run_model passes each architecture the model keys it takes (Architecture.options)."""
+    import config as config_lib
+    import run_folder
+
+    cfg = config_lib.parse_config({"name": "t", "data": {"dataset": "cifar10", "source": "synthetic"},
+                                   "model": model})
+    assert check(run_folder.build_run_model(cfg, seed=0, run=0))
 
 
 def test_unknown_architecture():
