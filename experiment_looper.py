@@ -41,7 +41,7 @@ import hparams
 import run_folder
 import tf_logs
 from config import ConfigErrors, ExperimentConfig
-from paper_results import PAPER_RESULTS
+from paper_results import PAPER_RESULTS, paper_figure
 from run_folder import RunClaim, RunFileError
 
 log = logging.getLogger("experiment_looper")
@@ -338,16 +338,10 @@ def summary_markdown(summary: dict) -> str:
         f"{progress}", "", "| metric | measured mean ± std [min, max] | paper |", "|---|---|---|",
     ]
     paper = summary.get("paper") or {}
-
-    def paper_cell(value, interval):
-        if value is None:
-            return "–"
-        return f"{value}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
-
     lines.append(f"| test accuracy % | {_fmt(acc)} | "
-                 f"{paper_cell(paper.get('test_accuracy_percent'), paper.get('accuracy_interval'))} |")
+                 f"{paper_figure(paper.get('test_accuracy_percent'), paper.get('accuracy_interval'))} |")
     lines.append(f"| remaining weights % | {_fmt(rem)} | "
-                 f"{paper_cell(paper.get('remaining_percent'), paper.get('remaining_interval'))} |")
+                 f"{paper_figure(paper.get('remaining_percent'), paper.get('remaining_interval'))} |")
     lines.append(f"| remaining weights (count) | {_fmt(count, 0)} of {summary['total_weights']} | – |")
     lines.append(f"| seconds per epoch | {_fmt(summary['seconds_per_epoch'])} | – |")
     for failure in summary["failed"]:
