@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+import hparams
 import tf_logs
 
 tf_logs.import_tensorflow()  # a command-line tool: TensorFlow's start-up noise filtered (SUPERMASK_TF_LOGS=1)
@@ -274,13 +275,14 @@ def run_masks(run_dir: str | os.PathLike, config: dict | None = None) -> dict[st
     if not (run_dir / MASKS).exists() and (run_dir / COMPACT).exists():
         return compact.effective_masks(read_npz(run_dir / COMPACT))
     out = {}
+    k = float(model.get("topk_fraction", hparams.MASK_DEFAULTS.topk_fraction))
     with np.load(run_dir / MASKS, allow_pickle=False) as data:
         for key in data.files:
             if not key.endswith("/mask"):
                 continue
             layer = key[: -len("/mask")]
             tau = float(data[f"{layer}/threshold"]) if f"{layer}/threshold" in data.files else 0.0
-            out[layer] = effective_mask_np(data[key], tau, mode, float(model.get("topk_fraction", 0.5)))
+            out[layer] = effective_mask_np(data[key], tau, mode, k)
     return out
 
 

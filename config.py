@@ -80,8 +80,8 @@ class ModelConfig:
     mask_mode: str = rule("signed", help="signed (keep/hide/invert, the paper), binary (keep/hide, Zhou et al.), "
                                          "topk (edge-popup, Ramanujan et al.) or none (the dense, trainable "
                                          "baseline).", choices=hparams.MASK_MODES + (BASELINE_MODE,))
-    threshold_fraction: float = rule(0.4, help="p in tau = p * max|m_init| (per layer, fixed).", gt=0.0, lt=1.0)
-    topk_fraction: float = rule(0.5, help="k of the topk mode: fraction of weights kept per layer.", gt=0.0, hi=1.0)
+    threshold_fraction: float = hparams.same_rule(hparams.MaskSpec, "threshold_fraction")
+    topk_fraction: float = hparams.same_rule(hparams.MaskSpec, "topk_fraction")
     weight_init: Union[str, InitSpec, None] = rule(
         None, help="Frozen weights (Supermask) or initial weights (baseline): a preset or {distribution, scaling, "
                    "factor}; null = elus for a Supermask, elu_uniform for a baseline.",

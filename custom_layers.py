@@ -26,7 +26,7 @@ import numpy as np
 from keras import ops
 
 import hparams
-from hparams import MASK_PRESETS, WEIGHT_PRESETS, InitSpec, init_spec
+from hparams import MASK_DEFAULTS, MASK_PRESETS, WEIGHT_PRESETS, InitSpec, MaskSpec, init_spec
 from weight_initializer import ScaledInitializer, layer_seed
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,8 @@ class TopKMask(MaskMode):
     name = "topk"
     uses_threshold = False
 
-    def __init__(self, k: float = 0.5):
-        if not 0.0 < float(k) <= 1.0:
-            raise ValueError(f"topk fraction k must be in (0, 1], got {k}")
-        self.k = float(k)
+    def __init__(self, k: float = MASK_DEFAULTS.topk_fraction):
+        self.k = MaskSpec(topk_fraction=float(k)).topk_fraction  # 0 < k <= 1
 
     def hard(self, m, tau):
         return topk_mask(m, self.k)
@@ -204,7 +202,7 @@ if tuple(MASK_MODES) != hparams.MASK_MODES:  # the config schema offers hparams.
     raise ImportError(f"mask modes {tuple(MASK_MODES)} differ from hparams.MASK_MODES {hparams.MASK_MODES}")
 
 
-def mask_mode_from_name(name: str, topk_fraction: float = 0.5) -> MaskMode:
+def mask_mode_from_name(name: str, topk_fraction: float = MASK_DEFAULTS.topk_fraction) -> MaskMode:
     """The mode a config names; `topk` takes its kept fraction k."""
     if name not in MASK_MODES:
         raise ValueError(f"unknown mask mode {name!r}; allowed: {', '.join(MASK_MODES)}")
@@ -234,8 +232,7 @@ class MaskedKernelMixin:
     """
 
     def _init_masking(self, kernel_initializer, mask_initializer, threshold_fraction, mask_mode):
-        if not 0.0 < float(threshold_fraction) < 1.0:
-            raise ValueError(f"threshold_fraction must be in (0, 1), got {threshold_fraction}")
+        MaskSpec(threshold_fraction=float(threshold_fraction))  # 0 < p < 1
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.mask_initializer = keras.initializers.get(mask_initializer)
         self.threshold_fraction = float(threshold_fraction)
@@ -298,7 +295,7 @@ class MaskedDense(MaskedKernelMixin, keras.layers.Layer):
     """Dense without bias: y = x @ (w * M), w frozen, M = mode(m, tau) learned through the STE."""
 
     def __init__(self, units, kernel_initializer="glorot_uniform", mask_initializer="glorot_uniform",
-                 threshold_fraction=0.4, mask_mode="signed", **kwargs):
+                 threshold_fraction=MASK_DEFAULTS.threshold_fraction, mask_mode="signed", **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self._init_masking(kernel_initializer, mask_initializer, threshold_fraction, mask_mode)
@@ -322,8 +319,8 @@ class MaskedConv2D(MaskedKernelMixin, keras.layers.Layer):
     """Conv2D without bias (channels_last): y = conv(x, w * M), w frozen, M = mode(m, tau) learned via the STE."""
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", dilation_rate=(1, 1),
-                 kernel_initializer="glorot_uniform", mask_initializer="glorot_uniform", threshold_fraction=0.4,
-                 mask_mode="signed", **kwargs):
+                 kernel_initializer="glorot_uniform", mask_initializer="glorot_uniform",
+                 threshold_fraction=MASK_DEFAULTS.threshold_fraction, mask_mode="signed", **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size)
@@ -468,7 +465,7 @@ class MaskedLayers:
     mask_mode: MaskMode | str = "signed"
     weight_init: InitSpec | str | dict = "elus"
     mask_init: InitSpec | str | dict = "xavier_uniform"
-    threshold_fraction: float = 0.4
+    threshold_fraction: float = MASK_DEFAULTS.threshold_fraction
     seed: int | None = None
 
     def __post_init__(self):

@@ -7,6 +7,7 @@ that configs choose from (mask modes, batch-norm modes, optimisers, schedules, i
 too, so that `import config` needs no TensorFlow; the modules that implement them import the names from here.
 
     InitSpec        a distribution scaled by a variance rule (see weight_initializer for the formulas)
+    MaskSpec        the threshold fraction p and the topk fraction k (see custom_layers)
     OptimizerSpec   an optimiser and the authors' decoupled weight decay (see model_trainer)
     ScheduleSpec    a learning-rate schedule, the paper's plateau included (see model_trainer)
 """
@@ -126,6 +127,27 @@ class InitSpec:
     def __post_init__(self):
         object.__setattr__(self, "factor", float(self.factor) if is_finite_number(self.factor) else self.factor)
         check(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """The masking hyper-parameters, shared by the layers (custom_layers) and the config schema (config.py)."""
+
+    threshold_fraction: float = rule(0.4, help="p in tau = p * max|m_init| (per layer, fixed).", gt=0.0, lt=1.0)
+    topk_fraction: float = rule(0.5, help="k of the topk mode: fraction of weights kept per layer.", gt=0.0, hi=1.0)
+
+    def __post_init__(self):
+        check(self)
+
+
+MASK_DEFAULTS = MaskSpec()
+
+
+def same_rule(spec, name: str) -> dataclasses.Field:
+    """A new field with the default, help, choices and bounds of field `name` of the dataclass `spec`: for a schema
+    that holds a spec's field as a key of its own (one declaration, checked the same way in both)."""
+    field = {f.name: f for f in dataclasses.fields(spec)}[name]
+    return dataclasses.field(default=field.default, metadata=field.metadata)
 
 
 # Named presets used by configs (docs/paper_notes.md says where each comes from).

@@ -221,6 +221,25 @@ def test_get_config_round_trip():
         MaskedDense(3, threshold_fraction=1.0)
 
 
+@pytest.mark.parametrize("key, value, make", [
+    ("threshold_fraction", 1.0, lambda v: MaskedDense(3, threshold_fraction=v)),
+    ("threshold_fraction", 0.0, lambda v: MaskedConv2D(3, 3, threshold_fraction=v)),
+    ("topk_fraction", 1.5, TopKMask),
+    ("topk_fraction", 0.0, TopKMask),
+])
+def test_the_layers_and_the_config_refuse_a_fraction_by_the_same_bound(key, value, make):
+    """p and k are declared once (hparams.MaskSpec): a layer refuses what the config schema refuses, in its words;
+    the bounds' edges that are allowed (k = 1) build."""
+    import config as config_lib
+
+    with pytest.raises(config_lib.ConfigErrors) as schema:
+        config_lib.parse_config({"model": {key: value}})
+    with pytest.raises(ValueError) as layer:
+        make(value)
+    assert str(layer.value) == str(schema.value.errors[0]).removeprefix("model.")
+    assert TopKMask(1.0).k == 1.0 and MaskedDense(3).threshold_fraction == config_lib.ModelConfig().threshold_fraction
+
+
 def _data(n=96, seed=7):
     x = np.random.default_rng(seed).normal(size=(n, 4, 4, 2)).astype("float32")
     y = keras.utils.to_categorical((x[:, 0, 0, 0] > 0).astype(int) + (x[:, 1, 1, 1] > 0), 3)
