@@ -70,8 +70,9 @@ class DataConfig:
                                               "CIFAR-100 only.")
     shuffle: bool = rule(True, help="Reshuffle the training set every epoch (the order is a function of seed and "
                                     "epoch); false keeps the file order (the authors' MNIST pipeline).")
-    synthetic_train: int = rule(2048, help="Training examples of the synthetic source.", lo=1)
-    synthetic_test: int = rule(512, help="Test examples of the synthetic source.", lo=1)
+    synthetic_train: int = rule(data_preprocessor.SYNTHETIC_TRAIN, help="Training examples of the synthetic source.",
+                                lo=1)
+    synthetic_test: int = rule(data_preprocessor.SYNTHETIC_TEST, help="Test examples of the synthetic source.", lo=1)
 
 
 @dataclasses.dataclass(frozen=True)

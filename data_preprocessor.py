@@ -96,6 +96,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 SOURCES = ("tfds", "local", "synthetic")
+SYNTHETIC_TRAIN, SYNTHETIC_TEST = 2048, 512  # default sizes of the synthetic source (config data.synthetic_*)
 LABEL_FORMATS = ("one_hot", "sparse")
 
 _DEFAULT_LABEL_FORMAT = {"mnist": "one_hot", "cifar10": "one_hot", "cifar100": "sparse"}
@@ -424,8 +425,8 @@ def load_arrays(
     source: str = "tfds",
     data_dir: str | None = None,
     *,
-    synthetic_train: int = 512,
-    synthetic_test: int = 256,
+    synthetic_train: int = SYNTHETIC_TRAIN,
+    synthetic_test: int = SYNTHETIC_TEST,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Raw (x_train uint8 NHWC (MNIST: N,28,28,1), y_train int64, x_test, y_test).
@@ -634,8 +635,8 @@ def load_dataset(
     augment: bool | None = None,
     label_format: str | None = None,
     seed: int = 0,
-    synthetic_train: int = 512,
-    synthetic_test: int = 256,
+    synthetic_train: int = SYNTHETIC_TRAIN,
+    synthetic_test: int = SYNTHETIC_TEST,
     flatten: bool | None = None,
     shuffle: bool = True,
 ) -> DataBundle:

@@ -31,6 +31,7 @@ tf_logs.import_tensorflow()  # a command-line tool: TensorFlow's start-up noise 
 
 import keras  # noqa: E402
 
+import data_preprocessor  # noqa: E402
 import run_folder  # noqa: E402
 from compact import MAX_MASK_BITS  # noqa: E402
 from custom_layers import MaskedKernelMixin, kernel_layers, layer_counts, leaf_layers  # noqa: E402
@@ -192,7 +193,7 @@ def parse_args(argv=None):
     p.add_argument("--check-accuracy", action="store_true",
                    help="evaluate the trained, compact, stripped and shrunk models on the test set (else the "
                         "shrunk model is compared with the stripped one on random inputs)")
-    p.add_argument("--data-source", choices=("tfds", "local", "synthetic"), help="override data.source")
+    p.add_argument("--data-source", choices=data_preprocessor.SOURCES, help="override data.source")
     p.add_argument("--data-dir", help="override data.data_dir (e.g. ~/datasets with --data-source local)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default 1000)")
     p.add_argument("--no-summary", action="store_true", help="do not print the per-layer mask summary")
