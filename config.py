@@ -297,9 +297,14 @@ def _require_mapping(raw, source: str) -> None:
                            source)
 
 
+def run_index(run: int) -> str:
+    """The 3-digit index of run `run` ('007'), in run folder names (run_folder.run_name) and init-file patterns."""
+    return f"{run:03d}"
+
+
 def resolve_run_file(pattern: str, run: int, base_dir: Path | None = None) -> Path:
-    """The init file of run `run`: '{run}' in `pattern` becomes the 3-digit run index."""
-    path = Path(pattern.replace("{run}", f"{run:03d}")).expanduser()
+    """The init file of run `run`: '{run}' in `pattern` becomes the run's index (run_index)."""
+    path = Path(pattern.replace("{run}", run_index(run))).expanduser()
     return path if path.is_absolute() or base_dir is None else (base_dir / path)
 
 

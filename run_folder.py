@@ -84,7 +84,7 @@ SWEEP_SUFFIX = "-sweep"
 
 
 def run_name(run: int) -> str:
-    return f"run_{run:03d}"
+    return f"run_{config_lib.run_index(run)}"
 
 
 def run_dir(results: Path, run: int) -> Path:

@@ -12,6 +12,7 @@ import yaml
 
 import analysis
 import model_trainer
+import run_folder
 from architectures import build_model
 from custom_layers import MaskedLayers, binary_mask, mask_statistics, signed_mask, topk_mask
 
@@ -66,7 +67,7 @@ def results(tmp_path):
     for key, name in (("sig", "mode=signed-0123abcd"), ("base", "mode=none-89abcdef")):
         config_dir = root / name
         for run in range(2):
-            write_run(config_dir / f"run_{run:03d}", key, run)
+            write_run(config_dir / run_folder.run_name(run), key, run)
         (config_dir / "config.yaml").write_text(yaml.safe_dump({"name": "sweep", "model": {
             "architecture": "fcn", "mask_mode": "none" if key == "base" else "signed"}}))
     write_run(root / "mode=signed-0123abcd" / "run_002", "sig", 0, status="failed")  # ignored

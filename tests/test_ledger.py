@@ -238,7 +238,7 @@ def test_add_fills_in_the_surviving_units_of_a_run_made_before_they_were_recorde
 def _fake_results(folder, runs):
     """A results folder of finished runs {seed: [(test accuracy, remaining %) per epoch]}, files only."""
     for index, (seed, epochs) in enumerate(runs.items()):
-        run = folder / f"run_{index:03d}"
+        run = folder / run_folder.run_name(index)
         run.mkdir(parents=True)
         history = [{"epoch": e, "test_accuracy": acc, "remaining_percent": rem, "partial": False}
                    for e, (acc, rem) in enumerate(epochs, start=1)]
