@@ -53,7 +53,7 @@ import keras  # noqa: E402
 import compact  # noqa: E402
 from custom_layers import mask_mode_from_name  # noqa: E402
 from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
-from paper_results import PAPER_RESULTS, paper_figure  # noqa: E402
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of, paper_figure  # noqa: E402
 from run_folder import (  # noqa: E402
     COMPACT,
     CONFIG,
@@ -442,10 +442,10 @@ def paper_rows_of(results: Sequence[ConfigResults]) -> list[str]:
     architecture's row (a sweep of the FCN compares with the FCN row), Supermask rows first."""
     rows = []
     for r in results:
-        row = r.config.get("paper") or (r.architecture + ("_baseline" if r.is_baseline else ""))
+        row = r.config.get("paper") or (baseline_of(r.architecture) if r.is_baseline else r.architecture)
         if row in PAPER_RESULTS and row not in rows:
             rows.append(row)
-    return sorted(rows, key=lambda row: row.endswith("_baseline"))
+    return sorted(rows, key=lambda row: row.endswith(BASELINE_SUFFIX))
 
 
 def tradeoff_points(results: Sequence[ConfigResults]) -> list[dict]:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import config as config_lib
 import run_folder
-from paper_results import PAPER_RESULTS, paper_figure
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, SUPERMASK_ROWS, baseline_of, paper_figure
 
 ROOT = Path(__file__).resolve().parent
 LEDGER = ROOT / "ledger"
@@ -60,8 +60,6 @@ README = ROOT / "README.md"
 REPRODUCING = ROOT / "docs" / "reproducing.md"
 TABLE_MARKERS = ("<!-- ledger:status:begin -->", "<!-- ledger:status:end -->")
 ENTRIES_MARKERS = ("<!-- ledger:entries:begin -->", "<!-- ledger:entries:end -->")
-PAPER_ROWS = ("fcn", "conv2", "conv4", "conv6", "conv8", "resnet20", "resnet20x2", "resnet20x3", "resnet56",
-              "resnet110")
 # Why a row has no measurement here (the machine this ledger was made on: 2 CPU cores, no GPU, no CIFAR-100).
 NOT_RUN = {  # hours: training steps alone at the speed measured in docs/speed.md ("What a full run costs")
     "conv6": "not run: ≥ 6 h per run on this CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
@@ -208,7 +206,7 @@ def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
     """The status word of a paper row: in interval / outside (what) / measured (no interval) / not run (why)."""
     if supermask is None and baseline is None:
         return NOT_RUN.get(row, "not run yet")
-    paper, paper_base = PAPER_RESULTS[row], PAPER_RESULTS[f"{row}_baseline"]
+    paper, paper_base = PAPER_RESULTS[row], PAPER_RESULTS[baseline_of(row)]
     checks = []
     if supermask is not None:
         s = supermask["summary"]
@@ -246,7 +244,7 @@ def baseline_entries(all_entries: list[dict]) -> dict[str, dict]:
     """{baseline row: its entry}; ValueError when two entries report the same baseline row."""
     baselines = {}
     for e in all_entries:
-        if (e.get("reports") or "").endswith("_baseline"):
+        if (e.get("reports") or "").endswith(BASELINE_SUFFIX):
             if e["reports"] in baselines:
                 raise ValueError(f"{baselines[e['reports']]['name']} and {e['name']} both report {e['reports']}; "
                                  "a baseline row has one entry (add the other without --reports)")
@@ -261,9 +259,9 @@ def status_table(all_entries: list[dict]) -> str:
     baselines = baseline_entries(all_entries)
     lines = ["| row | paper Supermask % | ours | paper remaining % | ours | paper baseline % | ours | status |",
              "|---|---|---|---|---|---|---|---|"]
-    for row in PAPER_ROWS:
-        paper, base = PAPER_RESULTS[row], PAPER_RESULTS[f"{row}_baseline"]
-        baseline = baselines.get(f"{row}_baseline")
+    for row in SUPERMASK_ROWS:
+        paper, base = PAPER_RESULTS[row], PAPER_RESULTS[baseline_of(row)]
+        baseline = baselines.get(baseline_of(row))
         supermasks = sorted((e for e in all_entries if e.get("reports") == row),
                             key=lambda e: (config_name(e) != row, config_name(e)))
         names = [config_name(e) for e in supermasks]

@@ -50,3 +50,10 @@ PAPER_RESULTS: dict[str, PaperRow] = {
     "resnet56_baseline": PaperRow("ResNet56 baseline", "CIFAR-100", 68.04, None, None, None, 834_992),
     "resnet110_baseline": PaperRow("ResNet110 baseline", "CIFAR-100", 62.70, None, None, None, 1_705_904),
 }
+BASELINE_SUFFIX = "_baseline"  # "conv2_baseline" is the dense baseline of row "conv2"
+SUPERMASK_ROWS = tuple(row for row in PAPER_RESULTS if not row.endswith(BASELINE_SUFFIX))  # the table's rows
+
+
+def baseline_of(row: str) -> str:
+    """The key of row `row`'s dense baseline ("conv2" -> "conv2_baseline")."""
+    return f"{row}{BASELINE_SUFFIX}"
