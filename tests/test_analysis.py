@@ -14,7 +14,7 @@ import analysis
 import model_trainer
 import run_folder
 from architectures import build_model
-from custom_layers import MaskedLayers, binary_mask, mask_statistics, signed_mask, topk_mask
+from custom_layers import MaskedLayers, mask_statistics
 
 ACC = {"sig": [[0.5, 0.6, 0.7], [0.7, 0.8, 0.9]], "base": [[0.9, 0.95, 0.97], [0.91, 0.96, 0.98]]}
 REM = {"sig": [[50.0, 20.0, 10.0], [40.0, 10.0, 5.0]], "base": [[100.0] * 3, [100.0] * 3]}
@@ -152,15 +152,14 @@ def test_first_layer_mask_and_pixel_keep_counts(results):
     np.testing.assert_array_equal(masks["output"], [[1, -1, 0]] * 5)
 
 
-def test_effective_mask_np_matches_custom_layers():
+def test_effective_mask_np_against_the_formulas():
+    """The saved-mask reader gives each mode's formula, written out here in numpy (no tie: normal entries)."""
     m = np.random.default_rng(0).normal(size=(30, 20)).astype("float32")
-    tensor = keras.ops.convert_to_tensor(m)
-    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "signed"),
-                                  keras.ops.convert_to_numpy(signed_mask(tensor, 0.7)))
-    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "binary"),
-                                  keras.ops.convert_to_numpy(binary_mask(tensor, 0.7)))
-    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.0, "topk", 0.3),
-                                  keras.ops.convert_to_numpy(topk_mask(tensor, 0.3)))
+    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "signed"), np.sign(m) * (np.abs(m) > 0.7))
+    np.testing.assert_array_equal(analysis.effective_mask_np(m, 0.7, "binary"), (m > 0.7).astype("float32"))
+    top = analysis.effective_mask_np(m, 0.0, "topk", 0.3)  # k = 0.3 * 600 = 180 largest |m|
+    np.testing.assert_array_equal(top, np.abs(m) >= np.sort(np.abs(m), axis=None)[-180])
+    assert top.sum() == 180 and set(np.unique(analysis.effective_mask_np(m, 0.7, "signed"))) == {-1.0, 0.0, 1.0}
 
 
 def test_mask_image_colours_and_conv_reshape():
