@@ -218,6 +218,17 @@ def _prepare_partial(partial: Path) -> bool:
     return (partial / run_folder.CHECKPOINT).is_file()
 
 
+def _finished_in(partial: Path) -> dict | None:
+    """The metrics of a run whose files are all written and whole in run_xxx.partial/ (its worker was stopped
+    between writing the last of them and renaming the folder), else None."""
+    if not (partial / run_folder.METRICS).is_file():
+        return None
+    try:
+        return run_folder.check_run(partial)
+    except RunFileError:
+        return None
+
+
 def _set_aside(directory: Path, reason: str) -> Path:
     aside = directory.with_name(f"{directory.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(directory, aside)
@@ -248,20 +259,24 @@ def _run_once(cfg: ExperimentConfig, directory: Path, run: int, seed: int, train
             except RunFileError as exc:
                 _set_aside(final, str(exc))
         partial = run_folder.partial_dir(directory, run)
-        resuming = _prepare_partial(partial)
-        run_folder.atomic_write_text(partial / run_folder.CONFIG, run_folder.config_yaml(cfg, seed=seed, run=run))
-        log.info("%s: run %d/%d, seed %d%s", directory.name, run + 1, cfg.runs, seed,
-                 " (resuming from its checkpoint)" if resuming else "")
-        try:
-            metrics = train(cfg, run, seed, partial, stop_event=_AnyEvent(stop_event, claim.lost))
-        except KeyboardInterrupt:
-            if claim.lost.is_set() and not (stop_event is not None and stop_event.is_set()):
-                log.warning("%s: another worker took this run over; left to it", final)
+        metrics = _finished_in(partial)
+        if metrics is not None:  # killed after its last file was written, before the rename below
+            log.info("%s: finished before it could be renamed; kept as it is", partial.name)
+        else:
+            resuming = _prepare_partial(partial)
+            run_folder.atomic_write_text(partial / run_folder.CONFIG, run_folder.config_yaml(cfg, seed=seed, run=run))
+            log.info("%s: run %d/%d, seed %d%s", directory.name, run + 1, cfg.runs, seed,
+                     " (resuming from its checkpoint)" if resuming else "")
+            try:
+                metrics = train(cfg, run, seed, partial, stop_event=_AnyEvent(stop_event, claim.lost))
+            except KeyboardInterrupt:
+                if claim.lost.is_set() and not (stop_event is not None and stop_event.is_set()):
+                    log.warning("%s: another worker took this run over; left to it", final)
+                    return
+                raise
+            if claim.lost.is_set() or not claim.owned():
+                log.warning("%s: another worker took this run over; its result is left to that worker", final)
                 return
-            raise
-        if claim.lost.is_set() or not claim.owned():
-            log.warning("%s: another worker took this run over; its result is left to that worker", final)
-            return
         os.replace(partial, final)  # the run appears whole or not at all
     finally:
         claim.release()

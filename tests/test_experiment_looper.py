@@ -127,6 +127,30 @@ def test_resume_redoes_the_interrupted_run_only(tmp_path):
     assert looper.run_experiment(cfg, directory, train=flaky)["runs_finished"] == 3 and calls == [0, 1, 1, 2]
 
 
+def test_a_run_stopped_after_its_last_file_and_before_its_rename_is_kept(tmp_path):
+    """The checkpoint is gone once a run's files are written; a worker stopped before renaming run_xxx.partial/
+    must not lose the finished run to a retraining from epoch 1."""
+    cfg = config_lib.parse_config({**TINY, "runs": 2, "output_dir": str(tmp_path / "out")})
+    directory = run_folder.results_dir(cfg)
+    calls = []
+
+    def stopped_before_rename(cfg, run, seed, run_dir, **kwargs):
+        calls.append(run)
+        metrics = looper.train_run(cfg, run, seed, run_dir, **kwargs)
+        if run == 1 and calls.count(1) == 1:
+            raise Interrupt  # every file written, the checkpoint deleted, the folder not yet renamed
+        return metrics
+
+    with pytest.raises(Interrupt):
+        looper.run_experiment(cfg, directory, train=stopped_before_rename)
+    partial = directory / "run_001.partial"
+    assert not (partial / run_folder.CHECKPOINT).exists()
+    written = (partial / run_folder.METRICS).read_text()
+    summary = looper.run_experiment(cfg, directory, train=stopped_before_rename)
+    assert calls == [0, 1] and summary["runs_finished"] == 2  # not trained again
+    assert (directory / "run_001" / run_folder.METRICS).read_text() == written and not partial.exists()
+
+
 def test_set_overrides_reach_the_run(tmp_path):
     path = _write(tmp_path, TINY)
     assert looper.main([str(path), "--out", str(tmp_path / "out"), "--runs", "1",
