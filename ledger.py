@@ -43,6 +43,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -158,9 +159,17 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
         "runs": records,
     }
     run_folder.atomic_write_json(staging / ENTRY, entry)
+    old = ledger / f".{name}.replaced"
+    shutil.rmtree(old, ignore_errors=True)
     if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+        os.replace(target, old)  # kept until the new entry is in place
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if old.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return target
 
 

@@ -85,7 +85,7 @@ def test_every_entry_is_whole():
         assert entry["reports"] is None or entry["reports"] in ledger.PAPER_RESULTS
 
 
-def test_add_copies_a_results_folder(tmp_path):
+def test_add_copies_a_results_folder(tmp_path, monkeypatch):
     cfg = looper.config_lib.parse_config({**TINY, "output_dir": str(tmp_path / "results")})
     directory = run_folder.results_dir(cfg)
     looper.run_experiment(cfg, directory)
@@ -106,6 +106,23 @@ def test_add_copies_a_results_folder(tmp_path):
     row = [line for line in ledger.status_table([entry]).splitlines() if line.startswith("| FCN")][0]
     mean = entry["summary"]["test_accuracy_percent"]["mean"]
     assert f"{mean:.2f} ± " in row and "(2×1 ep.)" in row and "baseline not run yet" in row
+    # adding it again replaces the entry; a failure while moving the new copy in leaves the old one where it was
+    before = (target / "entry.json").read_bytes()
+    real_replace = ledger.os.replace
+
+    def failing(src, dst):
+        if str(src).endswith(".staging"):
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ledger.os, "replace", failing)
+        with pytest.raises(OSError, match="disk full"):
+            ledger.add(directory, reports="fcn", command="again", commit="def", ledger=tmp_path / "ledger")
+    assert (target / "entry.json").read_bytes() == before and not list((tmp_path / "ledger").glob(".*replaced"))
+    ledger.add(directory, reports="fcn", command="again", commit="def", ledger=tmp_path / "ledger")
+    assert json.loads((target / "entry.json").read_text())["code_commit"] == "def"
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir() if not p.name.startswith(".")) == [target.name]
 
 
 def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
