@@ -439,6 +439,7 @@ def load_arrays(
     """
     info = _check_dataset(dataset)
     _check_source(source)
+    data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))  # '~/datasets' as configs say
     start = time.perf_counter()
     if source == "synthetic":
         arrays = _synthetic(info, int(synthetic_train), int(synthetic_test), int(seed))

@@ -102,7 +102,9 @@ def test_strip_predicts_identically_with_stock_layers_only(name):
         twin = twins[layer.name]
         assert type(twin) is (keras.layers.Dense if isinstance(layer, MaskedDense) else keras.layers.Conv2D)
         assert not twin.use_bias
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin.kernel), shrink.effective_kernel(layer))
+        w, m, tau = (keras.ops.convert_to_numpy(v) for v in (layer.kernel, layer.mask, layer.threshold))
+        assert layer.mask_mode.name == "signed"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(twin.kernel), w * np.sign(m) * (np.abs(m) > tau))
 
 
 def test_stripped_resnet_keeps_bn_weights_and_reloads_without_custom_code(tmp_path):
