@@ -491,10 +491,11 @@ def plot_tradeoff(results: Sequence[ConfigResults], out_dir: Path, formats=FORMA
     for row in paper_rows_of(results):
         paper = PAPER_RESULTS[row]
         if paper.remaining_percent is None:  # a baseline row
-            ax.axhline(paper.accuracy, color="k", ls=":", lw=1.2, label=f"paper {paper.model} {paper.accuracy}")
+            ax.axhline(paper.accuracy, color="k", ls=":", lw=1.2,
+                       label=f"paper {paper.model} {paper_figure(paper.accuracy, paper.accuracy_interval)}")
             continue
-        ax.plot(paper.remaining_percent, paper.accuracy, "k*", markersize=12,
-                label=f"paper {paper.model} {paper.accuracy} % at {paper.remaining_percent} %")
+        point = f"{paper_figure(paper.accuracy)} % at {paper_figure(paper.remaining_percent)} %"
+        ax.plot(paper.remaining_percent, paper.accuracy, "k*", markersize=12, label=f"paper {paper.model} {point}")
         if paper.accuracy_interval and paper.remaining_interval:
             (a0, a1), (r0, r1) = paper.accuracy_interval, paper.remaining_interval
             ax.add_patch(Rectangle((r0, a0), r1 - r0, a1 - a0, fill=False, ls="--", lw=1.2, ec="k"))

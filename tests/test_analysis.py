@@ -136,6 +136,14 @@ def test_tradeoff_points_surviving_units_and_paper_rows(results):
     assert analysis.surviving_units([{"dense_0": {"kept": 1, "inverted": 0, "hidden": 0, "total": 1}}]) == {}
 
 
+def test_tradeoff_legend_prints_the_papers_figures_as_the_table_does(results, tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(analysis, "_save", lambda fig, *args, **kwargs: figures.append(fig) or [])
+    analysis.plot_tradeoff(analysis.load_results([results]), tmp_path)
+    texts = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert "paper FCN 97.48 % at 3.77 %" in texts and "paper FCN baseline 97.42 [97.4, 97.5]" in texts
+
+
 def test_first_layer_mask_and_pixel_keep_counts(results):
     run = results / "sweep" / "mode=signed-0123abcd" / "run_000"
     name, mask = analysis.first_layer_mask(run)
