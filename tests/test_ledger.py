@@ -50,9 +50,12 @@ def test_the_screen_tables_of_the_docs_agree_with_the_ledger():
     for header, rows in _markdown_tables((ledger.ROOT / "docs" / "reproducing.md").read_text()):
         if "entry" not in header or not any(re.fullmatch(r"epoch \d+", column) for column in header):
             continue
+        seeds = set()
         for row in rows:
             name = row[header.index("entry")].strip("`")
-            (run,) = sorted((ledger.LEDGER / name).glob("run_[0-9][0-9][0-9]"))  # one run per screen
+            # a screen has one run; a full entry's first run has the base seed the screens were run with
+            run = sorted((ledger.LEDGER / name).glob("run_[0-9][0-9][0-9]"))[0]
+            seeds.add(json.loads((run / "metrics.json").read_text())["seed"])
             history = run_folder.read_run(run).history
             for column, cell in zip(header, row):
                 if match := re.fullmatch(r"epoch (\d+)", column):
@@ -66,6 +69,7 @@ def test_the_screen_tables_of_the_docs_agree_with_the_ledger():
                     checked["mean"] += 1
                 else:
                     assert column in ("point", "entry"), f"a column the check does not know: {column!r}"
+        assert len(seeds) == 1, f"a table of recipe points compares one seed, got {sorted(seeds)}"
     assert checked["epoch"] >= 3 * 4 and checked["mean"] >= 4  # the released run and its screens
 
 
