@@ -218,13 +218,11 @@ def _prepare_partial(partial: Path) -> bool:
     return (partial / run_folder.CHECKPOINT).is_file()
 
 
-def _finished_in(partial: Path) -> dict | None:
-    """The metrics of a run whose files are all written and whole in run_xxx.partial/ (its worker was stopped
-    between writing the last of them and renaming the folder), else None."""
-    if not (partial / run_folder.METRICS).is_file():
-        return None
+def _whole_run(directory: Path) -> dict | None:
+    """The metrics of the run in `directory` (run_xxx/, or a run_xxx.partial/ whose worker was stopped between
+    writing its last file and renaming the folder) when all its files are written and whole, else None."""
     try:
-        return run_folder.check_run(partial)
+        return run_folder.check_run(directory)
     except RunFileError:
         return None
 
@@ -241,11 +239,9 @@ def _run_once(cfg: ExperimentConfig, directory: Path, run: int, seed: int, train
     if stop_event is not None and stop_event.is_set():
         raise KeyboardInterrupt
     final = run_folder.run_dir(directory, run)
-    if final.exists():
-        with contextlib.suppress(RunFileError):
-            metrics = run_folder.check_run(final)
-            log.info("%s: finished before (%s), skipped", final, metrics["status"])
-            return
+    if (metrics := _whole_run(final)) is not None:
+        log.info("%s: finished before (%s), skipped", final, metrics["status"])
+        return
     claim = RunClaim.acquire(directory, run, claim_timeout)
     if claim is None:
         info = RunClaim.describe(run_folder.claim_path(directory, run)) or {}
@@ -259,7 +255,7 @@ def _run_once(cfg: ExperimentConfig, directory: Path, run: int, seed: int, train
             except RunFileError as exc:
                 _set_aside(final, str(exc))
         partial = run_folder.partial_dir(directory, run)
-        metrics = _finished_in(partial)
+        metrics = _whole_run(partial)
         if metrics is not None:  # killed after its last file was written, before the rename below
             log.info("%s: finished before it could be renamed; kept as it is", partial.name)
         else:
