@@ -569,11 +569,16 @@ REFERENCE_HEADER = (
     "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default).\n")
 
 
-if __name__ == "__main__":
-    import sys
+def parse_args(argv=None):
+    import argparse
 
-    if sys.argv[1:] == ["--reference"]:
-        print(REFERENCE_HEADER)
-        print(reference_markdown())
-    else:
-        print("usage: python config.py --reference > configs/README.md")
+    p = argparse.ArgumentParser(description="The config schema's reference (configs/README.md).")
+    p.add_argument("--reference", action="store_true", required=True,
+                   help="print the reference: python config.py --reference > configs/README.md")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()
+    print(REFERENCE_HEADER)
+    print(reference_markdown())

@@ -493,13 +493,17 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def resolve(args) -> tuple[ExperimentConfig, list]:
+    """The validated config of parsed arguments and its sweep's combinations; raises ConfigErrors."""
+    cfg, raw = config_lib.load_config(args.config, args.overrides, runs=args.runs, out=args.out,
+                                      data_source=args.data_source, data_dir=args.data_dir, epochs=args.epochs)
+    return cfg, config_lib.combinations(cfg, raw)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg, raw = config_lib.load_config(args.config, args.overrides, runs=args.runs, out=args.out,
-                                          data_source=args.data_source, data_dir=args.data_dir,
-                                          epochs=args.epochs)
-        combos = config_lib.combinations(cfg, raw)
+        cfg, combos = resolve(args)
     except ConfigErrors as exc:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)

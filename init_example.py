@@ -21,13 +21,17 @@ import run_folder
 import tf_logs
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", help="YAML config whose model (architecture, inits, mask mode) to initialise")
     parser.add_argument("--runs", type=int, help="number of runs (default: the config's runs)")
     parser.add_argument("--out", required=True, help="directory for run_000.npz, run_001.npz, ...")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     try:
         cfg, _ = config_lib.load_config(args.config, args.overrides + ["model.weights_file=null",
                                                                       "model.masks_file=null"], runs=args.runs)

@@ -469,7 +469,7 @@ def comparison_table(a: str, b: str, epochs: tuple[int, int], rows: list[dict]) 
 # --------------------------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description="The results ledger (see the module docstring).")
     sub = p.add_subparsers(dest="verb", required=True)
     a = sub.add_parser("add", help="copy a results folder's finished runs into the ledger")
@@ -492,7 +492,11 @@ def main(argv=None) -> int:
     h = sub.add_parser("history", help="an entry's runs epoch by epoch: test accuracy and remaining weights")
     h.add_argument("entry", help="a ledger entry or results folder")
     h.add_argument("--epochs", metavar="LIST", help="epochs to show, e.g. 5,11,20-30 (default: every epoch)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.verb == "history":
         try:
             epochs = parse_epoch_list(args.epochs) if args.epochs is not None else None

@@ -22,12 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=7, help="timed epochs per setting (after one warm-up each)")
     p.add_argument("--examples", type=int, default=12800, help="synthetic training examples (batch 128)")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     import tensorflow as tf
 

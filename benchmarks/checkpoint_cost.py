@@ -46,14 +46,18 @@ def checkpoint_seconds(model, history, folder: Path) -> tuple[float, int]:
     return time.perf_counter() - start, path.stat().st_size
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="fcn,conv2")
     p.add_argument("--steps", type=int, default=40, help="training steps per timed round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default, all cores)")
     p.add_argument("--json", help="write the raw numbers here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     common.set_threads(args.threads)
     models = args.models.split(",")

@@ -99,15 +99,19 @@ def time_calls(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="fcn,conv2,resnet20")
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--xla", choices=("both", "on", "off"), default="both")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
     common.set_threads(args.threads)
     xla_modes = {"both": [False, True], "on": [True], "off": [False]}[args.xla]
     print(f"machine: {common.machine()}\n")

@@ -121,8 +121,7 @@ def _memory_like(ds: tf.data.Dataset, batch: int, batches: int = 8) -> tf.data.D
         tf.data.AUTOTUNE)
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="mnist,cifar10,cifar100")
     p.add_argument("--data-dir", help="directory of the real archives (default: synthetic data of their shapes)")
@@ -141,7 +140,12 @@ def main(argv=None) -> int:
     p.add_argument("--shuffle-prototype", action="store_true",
                    help="also compare the repo's index shuffle with a one-op permutation (first batch latency)")
     p.add_argument("--json", help="write the results to this file")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
     common.set_threads(args.threads)
     models = set(args.models.split(",")) if args.models else None
     rows, shuffle_rows = [], []

@@ -77,8 +77,7 @@ def profile(model, data, steps: int, logdir: str) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="fcn", choices=sorted(common.MODEL_DATASET))
     p.add_argument("--variants", default="baseline,masked")
@@ -87,7 +86,12 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--top", type=int, default=20)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
     common.set_threads(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     data = common.memory_dataset(args.model)
