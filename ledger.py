@@ -93,8 +93,13 @@ def entry_name(results: Path) -> tuple[str, config_lib.ExperimentConfig]:
     cfg = config_lib.parse_config(raw, source=str(Path(results) / run_folder.CONFIG))
     name = Path(results).name
     combo = name.rsplit("-", 1)[0] if Path(results).parent.name == cfg.name and "=" in name else None
+    return ledger_name(cfg, combo), cfg
+
+
+def ledger_name(cfg: config_lib.ExperimentConfig, combo_label: str | None = None) -> str:
+    """<name>-<identity>, or <sweep name>__<combination>-<identity> for one combination of a sweep."""
     identity = run_folder.config_hash(cfg)
-    return (f"{cfg.name}__{combo}-{identity}" if combo else f"{cfg.name}-{identity}"), cfg
+    return f"{cfg.name}__{combo_label}-{identity}" if combo_label else f"{cfg.name}-{identity}"
 
 
 def add(results: Path, *, reports: str | None, command: str, commit: str | None = None, note: str = "",

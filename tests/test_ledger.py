@@ -3,6 +3,7 @@ status words, and (with the real MNIST) the FCN entry's artifact reproduces its 
 
 import json
 import re
+import shlex
 
 import pytest
 import yaml
@@ -87,6 +88,25 @@ def test_every_entry_is_whole():
         accuracies = [100 * json.loads((run / run_folder.METRICS).read_text())["test_accuracy"] for run in runs]
         assert run_folder.summary_statistics(accuracies) == entry["summary"]["test_accuracy_percent"]
         assert entry["reports"] is None or entry["reports"] in ledger.PAPER_RESULTS
+
+
+def test_every_entry_command_gives_the_entry_under_todays_code(tmp_path, monkeypatch):
+    """The command an entry records, run today, would train the entry's configuration: it is accepted, its config
+    validates, and one of the configurations it resolves to has the entry's identity (a changed shipped config or
+    default would make the recorded command train something else)."""
+    (tmp_path / "datasets").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))  # the commands' ~/datasets
+    monkeypatch.chdir(ledger.ROOT)
+    checked = 0
+    for entry in ledger.entries():
+        program, script, *argv = shlex.split(entry["command"])
+        assert (program, script) == ("python", "experiment_looper.py"), entry["command"]
+        cfg, combos = looper.resolve(looper.parse_args(argv))
+        names = [ledger.ledger_name(child, run_folder.combo_label(combo) if combo else None)
+                 for combo, child, _ in combos]
+        assert entry["name"] in names, (entry["command"], names)
+        checked += 1
+    assert checked == len(list(ledger.LEDGER.glob("*/entry.json"))) > 0
 
 
 def test_add_copies_a_results_folder(tmp_path, monkeypatch):
