@@ -29,7 +29,7 @@ import architectures
 import data_preprocessor
 import hparams
 from hparams import InitSpec, OptimizerSpec, ScheduleSpec, rule
-from paper_results import PAPER_RESULTS
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS
 
 DATASET_CLASSES = {name: info.num_classes for name, info in data_preprocessor.DATASETS.items()}
 BASELINE_MODE = "none"  # mask_mode of the dense, trainable baseline
@@ -265,6 +265,15 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                                                       f"the key or set it to {'null' if default is None else default}"))
     if arch.startswith("resnet") and float(cfg.model.width) != int(cfg.model.width):
         errors.append(ConfigError("model.width", f"ResNet widths are integers, got {cfg.model.width}"))
+    if cfg.paper is not None:
+        row = PAPER_RESULTS[cfg.paper]
+        if row.dataset.lower().replace("-", "") != dataset:
+            errors.append(ConfigError("paper", f"row {cfg.paper} is on {row.dataset}, this config on {dataset}"))
+        baseline_row = cfg.paper.endswith(BASELINE_SUFFIX)
+        if baseline_row == cfg.model.masked:
+            wanted = "mask_mode none (a dense baseline)" if baseline_row else "a masked mode (a Supermask row)"
+            errors.append(ConfigError("paper", f"row {cfg.paper} needs {wanted}; this config has mask_mode "
+                                               f"{cfg.model.mask_mode}"))
     if cfg.data.augment and dataset == "mnist":
         errors.append(ConfigError("data.augment", "augmentation (crop and flip) is for CIFAR; use false or null"))
     if cfg.data.source == "local" and not cfg.data.data_dir:

@@ -49,6 +49,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 import config as config_lib
 import run_folder
 from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, SUPERMASK_ROWS, baseline_of, paper_figure
@@ -102,6 +104,34 @@ def ledger_name(cfg: config_lib.ExperimentConfig, combo_label: str | None = None
     return f"{cfg.name}__{combo_label}-{identity}" if combo_label else f"{cfg.name}-{identity}"
 
 
+def reports_problem(reports: str | None, paper: str | None, source: str) -> str | None:
+    """Why a run whose config stands for paper row `paper`, trained on data `source`, cannot report row `reports`
+    (None when it can, or when it reports none): a run reports only the row its config names, and only on real
+    data."""
+    if reports is None:
+        return None
+    if reports not in PAPER_RESULTS:
+        return f"not a row of the paper; allowed: {', '.join(PAPER_RESULTS)}"
+    if source == "synthetic":
+        return "the run trained on synthetic data, which reports no paper row; omit --reports to keep it as a study"
+    if paper != reports:
+        return (f"the run's config stands for {'no paper row' if paper is None else 'row ' + paper} (its `paper` "
+                f"key); a run reports only that row, or none (omit --reports)")
+    return None
+
+
+def copy_config(source: Path, target: Path) -> None:
+    """A results folder's config.yaml as the ledger keeps it: without the paths of the machine that trained it
+    (data.data_dir null, output_dir the default); neither is part of a run's identity, and the entry's command
+    says where the data goes."""
+    raw = run_folder.read_config_mapping(source)
+    if isinstance(raw.get("data"), dict) and "data_dir" in raw["data"]:
+        raw["data"]["data_dir"] = None
+    if "output_dir" in raw:
+        raw["output_dir"] = config_lib.ExperimentConfig.output_dir
+    run_folder.atomic_write_text(target, yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+
+
 def add(results: Path, *, reports: str | None, command: str, commit: str | None = None, note: str = "",
         ledger: Path = LEDGER) -> Path:
     """Copy the finished runs of `results` into the ledger (replacing an older copy of the same entry)."""
@@ -112,8 +142,10 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
 
     results = Path(results)
     name, cfg = entry_name(results)
-    if reports is not None and reports not in PAPER_RESULTS:
-        raise ValueError(f"--reports {reports!r}: not a row of the paper; allowed: {', '.join(PAPER_RESULTS)}")
+    source = run_folder.read_config_mapping(results / run_folder.CONFIG).get("data", {}).get("source", "tfds")
+    problem = reports_problem(reports, cfg.paper, source)
+    if problem:
+        raise ValueError(f"--reports {reports}: {problem}")
     baseline_entries([e for e in entries(ledger) if e["name"] != name] + [{"name": name, "reports": reports}])
     runs = run_folder.run_dirs(results)
     if not runs:
@@ -122,13 +154,13 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
     staging = ledger / f".{name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    shutil.copyfile(results / run_folder.CONFIG, staging / run_folder.CONFIG)
+    copy_config(results / run_folder.CONFIG, staging / run_folder.CONFIG)
     records = []
     for run in runs:
         run_folder.check_run(run)
         (staging / run.name).mkdir()
         for file in KEPT_RUN_FILES:
-            shutil.copyfile(run / file, staging / run.name / file)
+            (copy_config if file == run_folder.CONFIG else shutil.copyfile)(run / file, staging / run.name / file)
         metrics = run_folder.read_json(run / run_folder.METRICS)
         architecture = metrics.get("architecture")
         if cfg.model.masked:
@@ -150,8 +182,7 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
     entry = {
         "name": name, "reports": reports, "paper_row": cfg.paper, "command": command,
         "code_commit": commit or git_commit(), "results_folder": results.name,
-        "data": {"dataset": cfg.data.dataset, "source": run_folder.read_config_mapping(
-            results / run_folder.CONFIG).get("data", {}).get("source", "tfds")},
+        "data": {"dataset": cfg.data.dataset, "source": source},
         "architecture": cfg.model.architecture, "mask_mode": cfg.model.mask_mode,
         "precision": cfg.training.mixed_precision or "float32", "epochs": cfg.training.epochs,
         "identity": run_folder.identity(cfg), "note": note,

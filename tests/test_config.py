@@ -63,6 +63,9 @@ BAD = [
     ("training.distribute", "tpu", "training.distribute", "allowed: mirrored, multi_worker"),
     ("data.source", "s3", "data.source", "allowed: tfds, local, synthetic"),
     ("paper", "vgg19", "paper", "allowed: fcn"),
+    ("paper", "conv2", "paper", "row conv2 is on CIFAR-10, this config on mnist"),
+    ("paper", "fcn_baseline", "paper", "row fcn_baseline needs mask_mode none (a dense baseline); this config has "
+                                       "mask_mode signed"),
     ("model.architecture", "conv6", "model.architecture", "conv6 does not fit dataset mnist"),
     ("model.num_classes", 100, "model.num_classes", "100 classes do not fit mnist"),
     ("data.augment", True, "data.augment", "augmentation"),
@@ -266,3 +269,10 @@ def test_validation_imports_no_tensorflow(tmp_path):
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
     assert "modle: unknown key (did you mean 'model'?)" in proc.stderr
+
+
+def test_a_supermask_row_refuses_a_dense_config():
+    raw = {**GOOD, "paper": "fcn", "model": {"architecture": "fcn", "mask_mode": "none"}}
+    with pytest.raises(ConfigErrors, match="row fcn needs a masked mode"):
+        parse_config(raw)
+    parse_config({**raw, "paper": "fcn" + BASELINE_SUFFIX})

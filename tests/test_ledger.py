@@ -109,16 +109,41 @@ def test_every_entry_command_gives_the_entry_under_todays_code(tmp_path, monkeyp
     assert checked == len(list(ledger.LEDGER.glob("*/entry.json"))) > 0
 
 
+def _as_if_on_local_data(directory, data_dir):
+    """Rewrite a synthetic results folder's configs as if its runs had read the local archives in `data_dir` (the
+    tests train on synthetic data only; the ledger takes a paper row only from real data)."""
+    for path in [directory / run_folder.CONFIG, *directory.glob(f"run_*/{run_folder.CONFIG}")]:
+        raw = yaml.safe_load(path.read_text())
+        raw["data"].update(source="local", data_dir=str(data_dir))
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def test_add_copies_a_results_folder(tmp_path, monkeypatch):
     cfg = looper.config_lib.parse_config({**TINY, "output_dir": str(tmp_path / "results")})
     directory = run_folder.results_dir(cfg)
     looper.run_experiment(cfg, directory)
+    with pytest.raises(ValueError, match="trained on synthetic data, which reports no paper row"):
+        ledger.add(directory, reports="fcn", command="c", commit="abc", ledger=tmp_path / "ledger")
+    _as_if_on_local_data(directory, tmp_path / "datasets")
+    with pytest.raises(ValueError, match="stands for row fcn"):
+        ledger.add(directory, reports="conv2", command="c", commit="abc", ledger=tmp_path / "ledger")
+    assert not (tmp_path / "ledger").exists()
     target = ledger.add(directory, reports="fcn", command="python experiment_looper.py tiny.yaml", commit="abc",
                         ledger=tmp_path / "ledger")
-    assert target.name == directory.name  # the identity rule names the entry
+    # the identity rule names the entry: the real data's identity, wherever the archives were read from
+    real = looper.config_lib.parse_config({**TINY, "data": {**TINY["data"], "source": "tfds"}})
+    assert target.name == run_folder.results_dir(real).name != directory.name
     entry = json.loads((target / "entry.json").read_text())
     assert entry["reports"] == "fcn" and entry["code_commit"] == "abc" and entry["summary"]["runs"] == 2
-    assert entry["data"] == {"dataset": "mnist", "source": "synthetic"} and entry["precision"] == "float32"
+    assert entry["data"] == {"dataset": "mnist", "source": "local"} and entry["precision"] == "float32"
+    # the copied configs keep no path of the machine that trained them, and everything else
+    for copied in [target / run_folder.CONFIG, *target.glob(f"run_*/{run_folder.CONFIG}")]:
+        original = yaml.safe_load((directory / copied.relative_to(target)).read_text())
+        kept = yaml.safe_load(copied.read_text())
+        assert str(tmp_path) not in copied.read_text()
+        assert kept["data"]["data_dir"] is None and kept["output_dir"] == "results"
+        original["data"]["data_dir"], original["output_dir"] = None, "results"
+        assert kept == original
     for run, record in zip(("run_000", "run_001"), entry["runs"]):
         metrics = json.loads((directory / run / "metrics.json").read_text())
         assert record["test_accuracy_percent"] == pytest.approx(100 * metrics["test_accuracy"])
@@ -154,6 +179,22 @@ def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
     return {"name": "e", "reports": None, "note": "", "mask_mode": mode, "epochs": epochs, "precision": "float32",
             "command": "c", "summary": {"runs": runs, "test_accuracy_percent": stats(mean_acc),
                                         "remaining_percent": stats(mean_rem)}}
+
+
+def test_a_run_reports_only_its_configs_row_and_only_on_real_data():
+    assert ledger.reports_problem(None, None, "synthetic") is None  # a study reports nothing
+    assert ledger.reports_problem("conv2", "conv2", "local") is None
+    assert ledger.reports_problem("conv2", "conv2", "tfds") is None
+    assert "not a row of the paper; allowed: fcn, conv2" in ledger.reports_problem("vgg", "conv2", "local")
+    assert "synthetic data" in ledger.reports_problem("conv2", "conv2", "synthetic")
+    assert "stands for row conv2 " in ledger.reports_problem("resnet20", "conv2", "local")
+    assert "stands for no paper row" in ledger.reports_problem("fcn", None, "local")
+
+
+def test_the_ledger_holds_no_path_of_the_machine_that_trained_it():
+    for path in ledger.LEDGER.glob(f"*/**/{run_folder.CONFIG}"):
+        raw = yaml.safe_load(path.read_text())
+        assert raw["data"]["data_dir"] is None and raw["output_dir"] == "results", path
 
 
 def test_status_words_against_the_papers_intervals():
@@ -220,9 +261,11 @@ def test_add_refuses_a_second_entry_for_a_baseline_row(tmp_path):
     folders = []
     for name in ("tiny_baseline", "tiny_baseline_again"):
         cfg = looper.config_lib.parse_config({**TINY, "name": name, "runs": 1, "output_dir": str(tmp_path / "results"),
+                                              "paper": "fcn_baseline",
                                               "model": {"architecture": "fcn", "mask_mode": "none"}})
         folders.append(run_folder.results_dir(cfg))
         looper.run_experiment(cfg, folders[-1])
+        _as_if_on_local_data(folders[-1], tmp_path)
     first, second = folders
     ledger.add(first, reports="fcn_baseline", command="c", commit="abc", ledger=tmp_path / "ledger")
     with pytest.raises(ValueError, match="both report fcn_baseline"):
