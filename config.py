@@ -276,10 +276,8 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                                                f"{cfg.model.mask_mode}"))
     if cfg.data.augment and dataset == "mnist":
         errors.append(ConfigError("data.augment", "augmentation (crop and flip) is for CIFAR; use false or null"))
-    if cfg.data.source == "local" and not cfg.data.data_dir:
-        errors.append(ConfigError("data.data_dir", "the local source needs data_dir (e.g. ~/datasets)"))
-    elif cfg.data.source == "local" and not Path(cfg.data.data_dir).expanduser().is_dir():
-        errors.append(ConfigError("data.data_dir", f"directory {cfg.data.data_dir} does not exist"))
+    if cfg.data.source == "local" and (problem := data_preprocessor.local_archive_problem(dataset, cfg.data.data_dir)):
+        errors.append(ConfigError("data.data_dir", problem))
     if not cfg.model.masked and cfg.model.masks_file:
         errors.append(ConfigError("model.masks_file", "a baseline (mask_mode: none) has no masks; remove the key"))
     for key in ("weights_file", "masks_file"):

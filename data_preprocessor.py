@@ -259,25 +259,26 @@ def _dict_get(d: dict, key: str, what: str) -> Any:
     raise DataUnavailableError(f"{what}: key {key!r} missing (found keys {sorted(map(repr, d))}).")
 
 
+def local_archive_problem(dataset: str, data_dir: str | os.PathLike | None) -> str | None:
+    """Why the local source cannot read `dataset` from `data_dir` (`~` expanded), or None when its archive is
+    there. The config's validation and the loader both ask this."""
+    info = DATASETS[dataset]
+    if not data_dir:
+        return f"the local source needs data_dir, a folder holding {info.local_file} (e.g. ~/datasets)"
+    folder = os.path.expanduser(os.fspath(data_dir))
+    if not os.path.isdir(folder):
+        return f"directory {os.fspath(data_dir)} does not exist; it must hold {info.local_file}"
+    if not os.path.isfile(os.path.join(folder, info.local_file)):
+        return (f"{os.fspath(data_dir)} holds no {info.local_file}: put the standard archive there (or use the "
+                f"tfds source with internet)")
+    return None
+
+
 def _local_path(info: DatasetInfo, data_dir: str | os.PathLike | None) -> str:
-    if data_dir is None:
-        raise DataUnavailableError(
-            f"The 'local' data source needs a data directory holding {info.local_file}; "
-            "set data.data_dir: DIR (or --data-dir DIR)."
-        )
-    data_dir = os.fspath(data_dir)
-    if not os.path.isdir(data_dir):
-        raise DataUnavailableError(
-            f"Data directory {data_dir!r} for the 'local' source does not exist; "
-            f"it must hold {info.local_file}."
-        )
-    path = os.path.join(data_dir, info.local_file)
-    if not os.path.isfile(path):
-        raise DataUnavailableError(
-            f"The 'local' source expects {info.local_file} in {data_dir!r}, but {path!r} does not exist. "
-            f"Put the standard archive {info.local_file} there (or use --data-source tfds with internet)."
-        )
-    return path
+    problem = local_archive_problem(info.name, data_dir)
+    if problem:
+        raise DataUnavailableError(f"{problem} (data.data_dir, or --data-dir, of the 'local' source)")
+    return os.path.join(os.path.expanduser(os.fspath(data_dir)), info.local_file)
 
 
 def _load_local_mnist(path: str, info: DatasetInfo):
@@ -380,6 +381,11 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
             data_dir=data_dir,
         )
         (x_train, y_train), (x_test, y_test) = tfds.as_numpy(splits)
+    except ModuleNotFoundError as exc:  # a dependency tensorflow-datasets imports only when it downloads
+        raise DataUnavailableError(
+            f"tensorflow-datasets needs the module {exc.name!r}, which is not installed: pip install {exc.name} "
+            f"(requirements.txt lists it). {hint}"
+        ) from exc
     except Exception as exc:  # download/prepare failures come in many exception types
         raise DataUnavailableError(
             f"Could not download {info.name!r} with tensorflow-datasets (no internet?). {hint} "

@@ -276,3 +276,23 @@ def test_a_supermask_row_refuses_a_dense_config():
     with pytest.raises(ConfigErrors, match="row fcn needs a masked mode"):
         parse_config(raw)
     parse_config({**raw, "paper": "fcn" + BASELINE_SUFFIX})
+
+
+def test_the_local_source_needs_its_archive_before_anything_runs(tmp_path, monkeypatch):
+    """A data_dir without the dataset's archive is refused by the validation, not after a run has started; `~`
+    is expanded as the loader does."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "datasets").mkdir()
+    raw = {**GOOD, "data": {"dataset": "cifar10", "source": "local", "data_dir": "~/datasets"},
+           "model": {"architecture": "conv2"}}
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw)
+    assert [e.key for e in info.value.errors] == ["data.data_dir"]
+    assert "~/datasets holds no cifar-10-python.tar.gz" in str(info.value)
+    (tmp_path / "datasets" / "mnist.npz").touch()  # another dataset's archive does not do
+    with pytest.raises(ConfigErrors, match="holds no cifar-10-python.tar.gz"):
+        parse_config(raw)
+    (tmp_path / "datasets" / "cifar-10-python.tar.gz").touch()
+    assert parse_config(raw).data.data_dir == "~/datasets"
+    with pytest.raises(ConfigErrors, match="directory ~/nowhere does not exist; it must hold cifar-10-python"):
+        parse_config({**raw, "data": {**raw["data"], "data_dir": "~/nowhere"}})

@@ -549,6 +549,28 @@ def test_tfds_download_failure_points_to_local_source(monkeypatch):
         dp.load_arrays("mnist", "tfds")
 
 
+def test_a_missing_module_of_tfds_is_named_not_blamed_on_the_network(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def load_without_a_dependency(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+
+    monkeypatch.setattr(tfds, "load", load_without_a_dependency)
+    with pytest.raises(dp.DataUnavailableError) as excinfo:
+        dp.load_dataset("mnist", "tfds")
+    message = str(excinfo.value)
+    assert "needs the module 'importlib_resources', which is not installed: pip install importlib_resources" in message
+    assert "internet" not in message and "--data-source local" in message and "mnist.npz" in message
+
+
+def test_the_modules_tfds_imports_to_download_are_installed():
+    """tensorflow-datasets 4.9.10 imports importlib_resources when it downloads, without declaring it on Python
+    >= 3.9: requirements.txt lists it, so the default source works on a fresh install."""
+    import importlib.util
+
+    assert importlib.util.find_spec("importlib_resources") is not None
+
+
 def test_tfds_success_path_converts_to_numpy(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     rng = np.random.default_rng(5)

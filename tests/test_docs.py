@@ -15,6 +15,7 @@ import pytest
 
 import experiment_looper
 from config import ConfigErrors
+from data_preprocessor import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,8 +143,11 @@ def _problem(script: str, argv: list[str]) -> str | None:
 
 @pytest.fixture
 def docs_machine(tmp_path, monkeypatch):
-    """The docs' `~/datasets` exists, and relative paths start at the repository root, as for a user there."""
+    """The docs' `~/datasets` holds the archives (as empty stand-ins: nothing is loaded), and relative paths start
+    at the repository root, as for a user there."""
     (tmp_path / "datasets").mkdir()
+    for info in DATASETS.values():
+        (tmp_path / "datasets" / info.local_file).touch()
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(ROOT)
 

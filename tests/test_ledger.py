@@ -12,6 +12,7 @@ from conftest import real_data
 import experiment_looper as looper
 import ledger
 import run_folder
+from data_preprocessor import DATASETS
 
 TINY = {
     "name": "tiny", "runs": 2, "base_seed": 11, "paper": "fcn",
@@ -95,6 +96,8 @@ def test_every_entry_command_gives_the_entry_under_todays_code(tmp_path, monkeyp
     validates, and one of the configurations it resolves to has the entry's identity (a changed shipped config or
     default would make the recorded command train something else)."""
     (tmp_path / "datasets").mkdir()
+    for info in DATASETS.values():  # empty stand-ins of the archives: nothing is loaded
+        (tmp_path / "datasets" / info.local_file).touch()
     monkeypatch.setenv("HOME", str(tmp_path))  # the commands' ~/datasets
     monkeypatch.chdir(ledger.ROOT)
     checked = 0

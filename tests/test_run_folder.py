@@ -88,6 +88,7 @@ def test_every_shipped_config_has_its_pinned_folder_name():
 
 def test_where_the_same_data_comes_from_is_not_part_of_the_identity(tmp_path):
     tfds = _cfg(data={"source": "tfds"})
+    (tmp_path / "mnist.npz").touch()  # the local source's archive (an empty stand-in: nothing is loaded)
     local = _cfg(data={"source": "local", "data_dir": str(tmp_path)})
     assert run_folder.results_dir(tfds) == run_folder.results_dir(local)
     synthetic = _cfg(data={"source": "synthetic"})
