@@ -393,6 +393,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), **cli) -> tu
     shortcuts = {"runs": cli.get("runs"), "output_dir": cli.get("out"), "data.source": cli.get("data_source"),
                  "data.data_dir": cli.get("data_dir"), "training.epochs": cli.get("epochs")}
     parsed.update({k: v for k, v in shortcuts.items() if v is not None})
+    swept = _swept_keys(raw.get("sweep"))
+    for key in parsed:
+        for other, section in swept.items():
+            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+                errors.append(ConfigError(key, f"the sweep sets {other} ({section}), which would replace this "
+                                               f"override in every combination; change the sweep's values instead"))
     raw = apply_overrides(raw, parsed, errors)
     if errors:
         raise ConfigErrors(errors, str(path))
@@ -474,6 +480,14 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigErr
     if errors is not None:
         errors.extend(problems)
     return raw
+
+
+def _swept_keys(sweep) -> dict[str, str]:
+    """{dotted key: 'sweep.grid' or 'sweep.zip'} of a raw sweep mapping ({} without one)."""
+    if not isinstance(sweep, dict):
+        return {}
+    return {str(key): f"sweep.{section}" for section in ("grid", "zip")
+            if isinstance(sweep.get(section), dict) for key in sweep[section]}
 
 
 def strip_sweep(raw: dict) -> dict:

@@ -296,3 +296,19 @@ def test_the_local_source_needs_its_archive_before_anything_runs(tmp_path, monke
     assert parse_config(raw).data.data_dir == "~/datasets"
     with pytest.raises(ConfigErrors, match="directory ~/nowhere does not exist; it must hold cifar-10-python"):
         parse_config({**raw, "data": {**raw["data"], "data_dir": "~/nowhere"}})
+
+
+def test_an_override_of_a_swept_key_is_refused(tmp_path):
+    """The sweep's values would replace a --set of the same key (or of a key inside or around it) in every
+    combination: refused, naming both, instead of ignored."""
+    raw = {**GOOD, "sweep": {"grid": {"model.threshold_fraction": [0.4, 0.6]}, "zip": {"base_seed": [1, 2]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigErrors) as info:
+        load_config(path, ["model.threshold_fraction=0.55", "model=fcn"])
+    assert [e.key for e in info.value.errors] == ["model.threshold_fraction", "model"]
+    assert "the sweep sets model.threshold_fraction (sweep.grid)" in str(info.value)
+    with pytest.raises(ConfigErrors, match="base_seed: the sweep sets base_seed \\(sweep.zip\\)"):
+        load_config(path, ["base_seed=5"])
+    cfg, raw_out = load_config(path, ["model.dropout=0.1"], runs=2)  # keys the sweep leaves alone
+    assert [c.model.dropout for _, c, _ in config_lib.combinations(cfg, raw_out)] == [0.1] * 4
