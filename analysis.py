@@ -650,9 +650,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def sample_problem(data_dir, sample_npz, label) -> str | None:
+    """Why Figure 1's sample options cannot be honoured (checked before any figure is drawn), or None: a --data-dir
+    must hold mnist.npz, and --sample-label needs real test images (--data-dir or --sample-npz), not the drawn
+    digit."""
+    if data_dir is not None and sample_npz is None:
+        from data_preprocessor import local_archive_problem
+
+        if problem := local_archive_problem("mnist", data_dir):
+            return f"--data-dir: {problem}"
+    if label is not None and data_dir is None and sample_npz is None:
+        return "--sample-label picks among real test images: give --data-dir (a folder with mnist.npz) or --sample-npz"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    problem = sample_problem(args.data_dir, args.sample_npz, args.sample_label)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         written = make_figures(args.results, args.out, sample_npz=args.sample_npz, sample_index=args.sample_index,
                                sample_label=args.sample_label, data_dir=args.data_dir, run_index=args.run,

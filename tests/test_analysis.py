@@ -207,6 +207,19 @@ def test_cli_writes_every_figure_as_png_and_pdf(results, tmp_path, capsys):
     assert analysis.main([str(tmp_path / "empty_dir_that_is_missing"), "--out", str(out)]) == 2
 
 
+def test_figure_1_options_it_cannot_honour_are_refused_before_drawing(tmp_path, capsys):
+    """A --data-dir without mnist.npz, or --sample-label without real test images, fell back to the drawn digit
+    in silence; now each stops at once (exit 2) with one line."""
+    out = tmp_path / "figures"
+    (tmp_path / "data").mkdir()
+    assert analysis.main([str(tmp_path), "--out", str(out), "--data-dir", str(tmp_path / "data")]) == 2
+    assert f"--data-dir: {tmp_path / 'data'} holds no mnist.npz" in capsys.readouterr().err
+    assert analysis.main([str(tmp_path), "--out", str(out), "--sample-label", "8"]) == 2
+    assert "--sample-label picks among real test images" in capsys.readouterr().err
+    assert not out.exists()
+    assert analysis.sample_problem(None, "sample.npz", 8) is None and analysis.sample_problem(None, None, None) is None
+
+
 # ------------------------------------------------------------------------------------ TensorBoard (model_trainer)
 def test_mask_image_callback_writes_events_during_fit(tmp_path):
     model = build_model("fcn", MaskedLayers(seed=0), hidden=(16, 8))
