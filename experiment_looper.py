@@ -353,7 +353,8 @@ def summary_markdown(summary: dict) -> str:
                  f"{paper_figure(paper.get('test_accuracy_percent'), paper.get('accuracy_interval'))} |")
     lines.append(f"| remaining weights % | {_fmt(rem)} | "
                  f"{paper_figure(paper.get('remaining_percent'), paper.get('remaining_interval'))} |")
-    lines.append(f"| remaining weights (count) | {_fmt(count, 0)} of {summary['total_weights']} | – |")
+    total = summary["total_weights"]
+    lines.append(f"| remaining weights (count) | {_fmt(count, 0)}{'' if total is None else f' of {total}'} | – |")
     lines.append(f"| seconds per epoch | {_fmt(summary['seconds_per_epoch'])} | – |")
     for failure in summary["failed"]:
         lines.append(f"\nrun {failure['run']} (seed {failure['seed']}) failed: {failure['message']}")

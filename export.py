@@ -273,7 +273,8 @@ def main(argv=None) -> int:
         print_mask_summary(model)
         print()
     print(format_size_report(report))
-    print(f"effective architecture: {report['architecture']}")
+    if args.no_summary:  # the summary ends with it
+        print(f"effective architecture: {report['architecture']}")
     written = [out / name for name in (run_folder.STRIPPED_KERAS, run_folder.SHRUNK_KERAS, run_folder.COMPACT,
                                        run_folder.SIZES)]
     print(f"written: {', '.join(str(p) for p in written)}")

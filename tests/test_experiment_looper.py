@@ -89,12 +89,16 @@ def test_paper_numbers_next_to_measured(tmp_path):
     text = looper.summary_markdown(summary)
     assert "97.48 [97.3, 97.7]" in text and "3.77 [3.7, 3.8]" in text and "90.00 ± 0.00" in text
     # printed as the README's table prints them (paper_results.paper_figure): 0.60, not 0.6; 74.50, not 74.5
-    conv2 = looper.summary_markdown({**summary, "paper": looper.summarize(
-        config_lib.parse_config({**TINY, "paper": "conv2"}), {})["paper"]})
+    cifar = {**TINY, "data": {**TINY["data"], "dataset": "cifar10"}}
+    conv2 = looper.summary_markdown({**summary, "paper": looper.summarize(config_lib.parse_config(
+        {**cifar, "paper": "conv2", "model": {"architecture": "conv2"}}), {})["paper"]})
     assert "| 0.60 [0.58, 0.62] |" in conv2
-    baseline = looper.summary_markdown({**summary, "paper": looper.summarize(
-        config_lib.parse_config({**TINY, "paper": "conv4_baseline"}), {})["paper"]})
+    baseline = looper.summary_markdown({**summary, "paper": looper.summarize(config_lib.parse_config(
+        {**cifar, "paper": "conv4_baseline", "model": {"architecture": "conv4", "mask_mode": "none"}}), {})["paper"]})
     assert "| 74.50 [74.7, 75.3] |" in baseline and "| remaining weights % | 90" not in baseline
+    # before any run has finished: dashes, no "None"
+    empty = looper.summary_markdown(looper.summarize(cfg, {}))
+    assert "| remaining weights (count) | – | – |" in empty and "None" not in empty
 
 
 class Interrupt(Exception):

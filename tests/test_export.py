@@ -290,7 +290,11 @@ def test_export_cli_on_a_run_directory(tmp_path, capsys):
     assert shrunk_line.split("%")[0].split()[-1] == stripped_line.split("%")[0].split()[-1]  # same accuracy
     assert float(text.split("max |shrunk - stripped| over the test set = ")[1].split()[0]) < 1e-5
     assert export.main([str(run_dir), "--no-summary"]) == 0  # no data: random inputs
-    assert float(capsys.readouterr().out.split("max |shrunk - stripped| on 256 random inputs: ")[1].split()[0]) < 1e-5
+    text = capsys.readouterr().out
+    assert float(text.split("max |shrunk - stripped| on 256 random inputs: ")[1].split()[0]) < 1e-5
+    assert text.count("effective architecture: ") == 1
+    assert export.main([str(run_dir)]) == 0
+    assert capsys.readouterr().out.count("effective architecture: ") == 1  # the mask summary's line, only
     for name in ("stripped.keras", "shrunk.keras", "compact.npz", "sizes.json"):
         assert (run_dir / "export" / name).stat().st_size > 0
     meta = compact.read_meta(run_folder.read_npz(run_dir / "export" / "compact.npz"))
