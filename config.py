@@ -363,6 +363,9 @@ def read_yaml(path: str | os.PathLike) -> dict:
     def fail(message):
         raise ConfigErrors([ConfigError("", message)], str(path))
 
+    if path.is_dir():
+        yamls = sorted(path.glob("*.yaml"))
+        fail(f"{path} is a folder; name a config file in it" + (f", e.g. {yamls[0]}" if yamls else ""))
     if not path.is_file():
         fail(f"config file {path} does not exist")
     try:

@@ -65,7 +65,8 @@ def value_problems(field: dataclasses.Field, value) -> list[str]:
     problems = []
     choices = meta.get("choices")
     if choices is not None and isinstance(value, str) and value not in choices:
-        problems.append(f"unknown value {value!r}; allowed: {', '.join(choices)}")
+        allowed = [*choices, "null"] if field.default is None else choices  # an optional key may be left unset
+        problems.append(f"unknown value {value!r}; allowed: {', '.join(allowed)}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             return [f"{value} is not a finite number"]

@@ -59,7 +59,7 @@ BAD = [
     ("training.schedule.name", "step", "training.schedule.name", "allowed: exponential_decay"),
     ("model.mask_mode", "ternary", "model.mask_mode", "allowed: signed, binary, topk, none"),
     ("model.batch_norm", "group", "model.batch_norm", "allowed: learned, none, frozen"),
-    ("training.mixed_precision", "float8", "training.mixed_precision", "allowed: mixed_float16"),
+    ("training.mixed_precision", "float8", "training.mixed_precision", "allowed: mixed_float16, mixed_bfloat16, null"),
     ("training.distribute", "tpu", "training.distribute", "allowed: mirrored, multi_worker"),
     ("data.source", "s3", "data.source", "allowed: tfds, local, synthetic"),
     ("paper", "vgg19", "paper", "allowed: fcn"),
@@ -312,3 +312,8 @@ def test_an_override_of_a_swept_key_is_refused(tmp_path):
         load_config(path, ["base_seed=5"])
     cfg, raw_out = load_config(path, ["model.dropout=0.1"], runs=2)  # keys the sweep leaves alone
     assert [c.model.dropout for _, c, _ in config_lib.combinations(cfg, raw_out)] == [0.1] * 4
+
+
+def test_a_folder_given_as_the_config_is_named_so():
+    with pytest.raises(ConfigErrors, match="configs is a folder; name a config file in it, e.g. configs/"):
+        load_config(Path("configs"))
