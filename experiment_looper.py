@@ -343,8 +343,10 @@ def _fmt(stats: dict, digits: int = 2) -> str:
 def summary_markdown(summary: dict) -> str:
     acc, rem, count = summary["test_accuracy_percent"], summary["remaining_percent"], summary["remaining_weights"]
     progress = f", in progress in other workers: {summary['runs_in_progress']}" if summary["runs_in_progress"] else ""
+    settings = ", ".join(f"{key}={value}" for key, value in summary["identity"].items())
     lines = [
         f"# {summary['name']} ({summary['config_hash']})", "",
+        *([f"settings that differ from the defaults: {settings}", ""] if settings else []),
         f"runs finished: {summary['runs_finished']} of {summary['runs_planned']}, failed: {summary['runs_failed']}"
         f"{progress}", "", "| metric | measured mean ± std [min, max] | paper |", "|---|---|---|",
     ]

@@ -96,6 +96,11 @@ def test_paper_numbers_next_to_measured(tmp_path):
     baseline = looper.summary_markdown({**summary, "paper": looper.summarize(config_lib.parse_config(
         {**cifar, "paper": "conv4_baseline", "model": {"architecture": "conv4", "mask_mode": "none"}}), {})["paper"]})
     assert "| 74.50 [74.7, 75.3] |" in baseline and "| remaining weights % | 90" not in baseline
+    # the settings that make this run what it is (a sweep's combination among them) under the title
+    assert "settings that differ from the defaults: " in text and "model.threshold_fraction" not in text
+    swept = looper.summary_markdown(looper.summarize(config_lib.parse_config(
+        {**TINY, "model": {**TINY["model"], "threshold_fraction": 0.6}}), {}))
+    assert "model.threshold_fraction=0.6" in swept.splitlines()[2]
     # before any run has finished: dashes, no "None"
     empty = looper.summary_markdown(looper.summarize(cfg, {}))
     assert "| remaining weights (count) | – | – |" in empty and "None" not in empty
