@@ -439,9 +439,12 @@ def plot_training_curves(results: Sequence[ConfigResults], out_dir: Path, format
 
 def paper_rows_of(results: Sequence[ConfigResults]) -> list[str]:
     """The paper rows (paper_results keys) that the configs compare with: their `paper:` key, else their
-    architecture's row (a sweep of the FCN compares with the FCN row), Supermask rows first."""
+    architecture's row (a sweep of the FCN compares with the FCN row), Supermask rows first. A run on synthetic
+    data compares with none."""
     rows = []
     for r in results:
+        if (r.config.get("data") or {}).get("source") == "synthetic":
+            continue
         row = r.config.get("paper") or (baseline_of(r.architecture) if r.is_baseline else r.architecture)
         if row in PAPER_RESULTS and row not in rows:
             rows.append(row)
