@@ -120,7 +120,8 @@ def make_optimizer(spec: OptimizerSpec, schedule: ScheduleSpec, steps_per_epoch:
     lr = make_learning_rate(schedule, spec.learning_rate, steps_per_epoch, epochs)
     decay = float(spec.weight_decay) / float(spec.learning_rate) if spec.weight_decay > 0 else None
     if not spec.decoupled and spec.weight_decay > 0:
-        log.debug("optimizer %r applies no weight decay; weight_decay=%g ignored", spec.name, spec.weight_decay)
+        log.warning("optimizer %s applies no weight decay: weight_decay=%g is ignored (sgdw and adamw apply it; "
+                    "the decay on the masks is what prunes a Supermask)", spec.name, spec.weight_decay)
     if spec.name in ("sgdw", "sgd"):
         return keras.optimizers.SGD(
             learning_rate=lr, momentum=float(spec.momentum), nesterov=bool(spec.nesterov),

@@ -159,10 +159,14 @@ def test_zero_gradient_decay_shrinks_mask_by_one_minus_wd_t():
     ("sgd", keras.optimizers.SGD, None), ("adam", keras.optimizers.Adam, None),
     ("adamw", keras.optimizers.AdamW, 1e-3 / 0.01), ("rmsprop", keras.optimizers.RMSprop, None),
 ])
-def test_other_optimizers(name, cls, decay):
-    opt = mt.make_optimizer(mt.OptimizerSpec(name, learning_rate=0.01, weight_decay=1e-3, momentum=0.5),
-                            mt.ScheduleSpec("constant"), steps_per_epoch=10, epochs=3)
+def test_other_optimizers(name, cls, decay, caplog):
+    with caplog.at_level("WARNING", logger=mt.log.name):
+        opt = mt.make_optimizer(mt.OptimizerSpec(name, learning_rate=0.01, weight_decay=1e-3, momentum=0.5),
+                                mt.ScheduleSpec("constant"), steps_per_epoch=10, epochs=3)
     assert type(opt) is cls
+    # an ignored weight decay is said out loud: it is what prunes a Supermask
+    warned = f"optimizer {name} applies no weight decay: weight_decay=0.001 is ignored" in caplog.text
+    assert warned == (decay is None)
     if decay is None:
         assert not opt.weight_decay
         assert mt.effective_weight_decay(opt) == 0.0
