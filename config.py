@@ -323,6 +323,7 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
     if cfg is not None and not errors:
         _cross_checks(cfg, Path(base_dir), errors)
     if cfg is not None and cfg.sweep is not None and not errors:
+        where: dict[tuple[str, str], list[str]] = {}  # one error per problem, however many combinations share it
         for combo in expand_sweep(cfg.sweep, errors):
             sub_errors: list[ConfigError] = []
             child = apply_overrides(strip_sweep(raw), combo, sub_errors)
@@ -330,8 +331,11 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
             if sub is not None and not sub_errors:
                 _cross_checks(sub, Path(base_dir), sub_errors)
             label = ", ".join(f"{k}={v}" for k, v in combo.items())
-            errors.extend(ConfigError(e.key, f"{e} (in sweep combination {label})".split(": ", 1)[-1])
-                          for e in sub_errors)
+            for e in sub_errors:
+                where.setdefault((e.key, str(e).split(": ", 1)[-1]), []).append(label)
+        for (key, message), labels in where.items():
+            more = f" and {len(labels) - 1} more" if len(labels) > 1 else ""
+            errors.append(ConfigError(key, f"{message} (in sweep combination {labels[0]}{more})"))
     if errors:
         raise ConfigErrors(errors, source)
     return cfg

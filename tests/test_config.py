@@ -317,3 +317,12 @@ def test_an_override_of_a_swept_key_is_refused(tmp_path):
 def test_a_folder_given_as_the_config_is_named_so():
     with pytest.raises(ConfigErrors, match="configs is a folder; name a config file in it, e.g. configs/"):
         load_config(Path("configs"))
+
+
+def test_a_problem_shared_by_several_sweep_combinations_is_reported_once():
+    raw = {**GOOD, "sweep": {"grid": {"model.threshold_fraction": [0.5, 1.5], "model.dropout": [0.0, 0.1, 0.2]}}}
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw)
+    assert len(info.value.errors) == 1
+    assert str(info.value.errors[0]) == ("model.threshold_fraction: 1.5 is out of range: must be < 1.0 (in sweep "
+                                         "combination model.threshold_fraction=1.5, model.dropout=0.0 and 2 more)")
