@@ -53,7 +53,7 @@ import keras  # noqa: E402
 import compact  # noqa: E402
 from custom_layers import mask_mode_from_name  # noqa: E402
 from model_trainer import HIDDEN_RGB, INVERTED_RGB, KEPT_RGB  # noqa: E402  (one colour per mask state)
-from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of, paper_figure  # noqa: E402
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of, compares_with_paper, paper_figure  # noqa: E402
 from run_folder import (  # noqa: E402
     COMPACT,
     CONFIG,
@@ -319,8 +319,11 @@ def _pick(x: np.ndarray, y: np.ndarray | None, index: int, label: int | None) ->
 def sample_digit(sample_npz: str | os.PathLike | None = None, index: int = 0,
                  data_dir: str | os.PathLike | None = None, label: int | None = None) -> tuple[np.ndarray, str]:
     """(28 x 28 image in [0, 1], where it came from): x_test[index] of `sample_npz`; else the test image `index` of
-    MNIST from data_preprocessor's local source when data_dir/mnist.npz exists; else `synthetic_digit()`. With
-    `label` (e.g. 8, the paper's sample), `index` counts only the test images of that label (needs y_test)."""
+    MNIST from data_preprocessor's local source in data_dir; else (neither given) `synthetic_digit()`. With
+    `label` (e.g. 8, the paper's sample), `index` counts only the test images of that label (needs y_test).
+    ValueError when the options cannot be honoured (sample_problem)."""
+    if problem := sample_problem(data_dir, sample_npz, label):
+        raise ValueError(problem)
     if sample_npz is not None:
         with np.load(sample_npz, allow_pickle=False) as data:
             y = data["y_test"] if "y_test" in data.files else None
@@ -328,7 +331,7 @@ def sample_digit(sample_npz: str | os.PathLike | None = None, index: int = 0,
         image = np.asarray(image, np.float32)
         source = f"{Path(sample_npz).name} x_test[{i}]"
     else:
-        if data_dir is not None and (Path(data_dir).expanduser() / "mnist.npz").is_file():
+        if data_dir is not None:
             from data_preprocessor import load_arrays
 
             _, _, x_test, y_test = load_arrays("mnist", "local", str(Path(data_dir).expanduser()))
@@ -443,7 +446,7 @@ def paper_rows_of(results: Sequence[ConfigResults]) -> list[str]:
     data compares with none."""
     rows = []
     for r in results:
-        if (r.config.get("data") or {}).get("source") == "synthetic":
+        if not compares_with_paper((r.config.get("data") or {}).get("source")):
             continue
         row = r.config.get("paper") or (baseline_of(r.architecture) if r.is_baseline else r.architecture)
         if row in PAPER_RESULTS and row not in rows:

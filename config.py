@@ -29,7 +29,7 @@ import architectures
 import data_preprocessor
 import hparams
 from hparams import InitSpec, OptimizerSpec, ScheduleSpec, rule
-from paper_results import BASELINE_SUFFIX, PAPER_RESULTS
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of
 
 DATASET_CLASSES = {name: info.num_classes for name, info in data_preprocessor.DATASETS.items()}
 BASELINE_MODE = "none"  # mask_mode of the dense, trainable baseline
@@ -267,13 +267,15 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
         errors.append(ConfigError("model.width", f"ResNet widths are integers, got {cfg.model.width}"))
     if cfg.paper is not None:
         row = PAPER_RESULTS[cfg.paper]
-        if row.dataset.lower().replace("-", "") != dataset:
-            errors.append(ConfigError("paper", f"row {cfg.paper} is on {row.dataset}, this config on {dataset}"))
+        if row.dataset_key != dataset:
+            errors.append(ConfigError("paper", f"row {cfg.paper} is on {row.dataset}, this config on {dataset}; "
+                                               f"set paper to a row of {dataset} or null"))
         baseline_row = cfg.paper.endswith(BASELINE_SUFFIX)
         if baseline_row == cfg.model.masked:
             wanted = "mask_mode none (a dense baseline)" if baseline_row else "a masked mode (a Supermask row)"
+            other = cfg.paper.removesuffix(BASELINE_SUFFIX) if baseline_row else baseline_of(cfg.paper)
             errors.append(ConfigError("paper", f"row {cfg.paper} needs {wanted}; this config has mask_mode "
-                                               f"{cfg.model.mask_mode}"))
+                                               f"{cfg.model.mask_mode}: set paper: {other} or null"))
     if cfg.data.augment and dataset == "mnist":
         errors.append(ConfigError("data.augment", "augmentation (crop and flip) is for CIFAR; use false or null"))
     if cfg.data.source == "local" and (problem := data_preprocessor.local_archive_problem(dataset, cfg.data.data_dir)):
@@ -403,7 +405,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), **cli) -> tu
     swept = _swept_keys(raw.get("sweep"))
     for key in parsed:
         for other, section in swept.items():
-            if key == other or key.startswith(other + ".") or other.startswith(key + "."):
+            if key == other or key.startswith(other + "."):  # (one above it, e.g. a preset, the sweep refines)
                 errors.append(ConfigError(key, f"the sweep sets {other} ({section}), which would replace this "
                                                f"override in every combination; change the sweep's values instead"))
     raw = apply_overrides(raw, parsed, errors)

@@ -382,9 +382,11 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
         )
         (x_train, y_train), (x_test, y_test) = tfds.as_numpy(splits)
     except ModuleNotFoundError as exc:  # a dependency tensorflow-datasets imports only when it downloads
+        package = (exc.name or "").partition(".")[0]
+        install = f": pip install {package} (or pip install -r requirements.txt)" if package else ""
         raise DataUnavailableError(
-            f"tensorflow-datasets needs the module {exc.name!r}, which is not installed: pip install {exc.name} "
-            f"(requirements.txt lists it). {hint}"
+            f"tensorflow-datasets needs the module {exc.name or '(unnamed)'!r}, which is not installed{install}. "
+            f"{hint} Original error: {exc}"
         ) from exc
     except Exception as exc:  # download/prepare failures come in many exception types
         raise DataUnavailableError(

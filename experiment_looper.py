@@ -41,7 +41,7 @@ import hparams
 import run_folder
 import tf_logs
 from config import ConfigErrors, ExperimentConfig
-from paper_results import PAPER_RESULTS, paper_figure
+from paper_results import PAPER_RESULTS, compares_with_paper, paper_figure
 from run_folder import RunClaim, RunFileError
 
 log = logging.getLogger("experiment_looper")
@@ -309,7 +309,7 @@ def summarize(cfg: ExperimentConfig, runs: dict[int, dict], in_progress: int = 0
     """Mean, std, min, max over the finished, successful runs; failed runs are counted apart."""
     ok = [runs[i] for i in sorted(runs) if runs[i]["status"] == "ok"]
     failed = [runs[i] for i in sorted(runs) if runs[i]["status"] != "ok"]
-    paper = PAPER_RESULTS.get(cfg.paper) if cfg.paper else None
+    paper = PAPER_RESULTS.get(cfg.paper) if cfg.paper and compares_with_paper(cfg.data.source) else None
     stats = run_folder.summary_statistics
     return {
         "name": cfg.name,

@@ -30,11 +30,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def resolve(args):
+    """The validated config of parsed arguments, without the weights / masks files (they are what this writes) and
+    with synthetic data (none is read: the local source's archive need not be here); raises ConfigErrors."""
+    cfg, _ = config_lib.load_config(args.config, args.overrides + ["model.weights_file=null", "model.masks_file=null",
+                                                                  "data.source=synthetic"], runs=args.runs)
+    return cfg
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg, _ = config_lib.load_config(args.config, args.overrides + ["model.weights_file=null",
-                                                                      "model.masks_file=null"], runs=args.runs)
+        cfg = resolve(args)
     except config_lib.ConfigErrors as exc:
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2

@@ -53,7 +53,7 @@ import yaml
 
 import config as config_lib
 import run_folder
-from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, SUPERMASK_ROWS, baseline_of, paper_figure
+from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, SUPERMASK_ROWS, baseline_of, compares_with_paper, paper_figure
 
 ROOT = Path(__file__).resolve().parent
 LEDGER = ROOT / "ledger"
@@ -112,7 +112,7 @@ def reports_problem(reports: str | None, paper: str | None, source: str) -> str 
         return None
     if reports not in PAPER_RESULTS:
         return f"not a row of the paper; allowed: {', '.join(PAPER_RESULTS)}"
-    if source == "synthetic":
+    if not compares_with_paper(source):
         return "the run trained on synthetic data, which reports no paper row; omit --reports to keep it as a study"
     if paper != reports:
         return (f"the run's config stands for {'no paper row' if paper is None else 'row ' + paper} (its `paper` "

@@ -19,6 +19,20 @@ class PaperRow:
     remaining_interval: tuple[float, float] | None = None
     parameters: int | None = None
 
+    @property
+    def dataset_key(self) -> str:
+        """The dataset as configs name it ("CIFAR-10" -> "cifar10")."""
+        return DATASET_KEYS[self.dataset]
+
+
+DATASET_KEYS = {"MNIST": "mnist", "CIFAR-10": "cifar10", "CIFAR-100": "cifar100"}
+
+
+def compares_with_paper(source: str | None) -> bool:
+    """Whether a run whose data came from `source` can be set beside the paper's numbers: not one on synthetic
+    data, which is made up (the summary, the figures and the ledger all ask this)."""
+    return source != "synthetic"
+
 
 def paper_figure(value: float | None, interval: tuple[float, float] | None = None) -> str:
     """A paper figure as this repository prints it: two decimals, then its interval as the paper prints it

@@ -543,12 +543,14 @@ def migrate_raw_config(raw: dict) -> dict:
 
 def read_run_config(directory, *, data_source: str | None = None, data_dir: str | None = None):
     """(ExperimentConfig, seed, run) of a run directory. The looper's extra 'seed' / 'run' keys are dropped before
-    validation; weights_file / masks_file are dropped too (masks.npz holds the final kernels). data_source /
+    validation; weights_file / masks_file are dropped too (masks.npz holds the final kernels), and so is the paper
+    row (a folder written before the config checked it against the model stays readable). data_source /
     data_dir replace the recorded ones (e.g. 'synthetic' when no data is read)."""
     directory = Path(directory)
     raw = migrate_raw_config(read_config_mapping(directory / CONFIG))
     run = int(raw.pop("run", 0))
     seed = raw.pop("seed", None)
+    raw["paper"] = None
     raw.setdefault("model", {})
     raw["model"]["weights_file"] = None
     raw["model"]["masks_file"] = None

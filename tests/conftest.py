@@ -40,3 +40,17 @@ def _no_op_determinism_leak():
 
     if tf_config.is_op_determinism_enabled():
         tf_config.disable_op_determinism()
+
+
+@pytest.fixture
+def home_with_archives(tmp_path, monkeypatch):
+    """A HOME whose ~/datasets holds every dataset's local archive as an empty stand-in: commands written for a
+    user's machine (`--data-dir ~/datasets`) validate, and nothing is loaded. Returns that folder."""
+    from data_preprocessor import DATASETS
+
+    folder = tmp_path / "datasets"
+    folder.mkdir()
+    for info in DATASETS.values():
+        (folder / info.local_file).touch()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return folder

@@ -189,8 +189,10 @@ def test_sample_digit_sources(tmp_path):
     assert image.shape == (28, 28) and image.max() == 1.0 and image[0, 0] == 0.0 and "x_test[1]" in source
     _, source = analysis.sample_digit(tmp_path / "s.npz", 1, label=8)
     assert "x_test[2]" in source
-    image, source = analysis.sample_digit(data_dir=tmp_path / "nowhere")
+    image, source = analysis.sample_digit()
     assert source == "synthetic digit" and image.shape == (28, 28) and 0 < image.mean() < 0.5
+    with pytest.raises(ValueError, match="nowhere does not exist; it must hold mnist.npz"):  # no silent fallback
+        analysis.sample_digit(data_dir=tmp_path / "nowhere")
 
 
 # ------------------------------------------------------------------------------------------------ figures

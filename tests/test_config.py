@@ -305,18 +305,24 @@ def test_an_override_of_a_swept_key_is_refused(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigErrors) as info:
-        load_config(path, ["model.threshold_fraction=0.55", "model=fcn"])
-    assert [e.key for e in info.value.errors] == ["model.threshold_fraction", "model"]
+        load_config(path, ["model.threshold_fraction=0.55"])
+    assert [e.key for e in info.value.errors] == ["model.threshold_fraction"]
     assert "the sweep sets model.threshold_fraction (sweep.grid)" in str(info.value)
     with pytest.raises(ConfigErrors, match="base_seed: the sweep sets base_seed \\(sweep.zip\\)"):
         load_config(path, ["base_seed=5"])
     cfg, raw_out = load_config(path, ["model.dropout=0.1"], runs=2)  # keys the sweep leaves alone
     assert [c.model.dropout for _, c, _ in config_lib.combinations(cfg, raw_out)] == [0.1] * 4
+    # a key above a swept one is refined by the sweep, not replaced: a preset whose factor the sweep sets
+    raw = {**GOOD, "sweep": {"grid": {"model.mask_init.factor": [0.5, 2.0]}}}
+    path.write_text(yaml.safe_dump(raw))
+    cfg, raw_out = load_config(path, ["model.mask_init=he_uniform"])
+    inits = [c.model.mask_init for _, c, _ in config_lib.combinations(cfg, raw_out)]
+    assert inits == [InitSpec("uniform", "he", factor=0.5), InitSpec("uniform", "he", factor=2.0)]
 
 
 def test_a_folder_given_as_the_config_is_named_so():
-    with pytest.raises(ConfigErrors, match="configs is a folder; name a config file in it, e.g. configs/"):
-        load_config(Path("configs"))
+    with pytest.raises(ConfigErrors, match=f"{ROOT / 'configs'} is a folder; name a config file in it, e.g. {ROOT}"):
+        load_config(ROOT / "configs")
 
 
 def test_a_problem_shared_by_several_sweep_combinations_is_reported_once():

@@ -552,15 +552,21 @@ def test_tfds_download_failure_points_to_local_source(monkeypatch):
 def test_a_missing_module_of_tfds_is_named_not_blamed_on_the_network(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
 
-    def load_without_a_dependency(*args, **kwargs):
-        raise ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources")
+    def load_without(name):
+        def load(*args, **kwargs):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return load
 
-    monkeypatch.setattr(tfds, "load", load_without_a_dependency)
+    monkeypatch.setattr(tfds, "load", load_without("importlib_resources.abc"))
     with pytest.raises(dp.DataUnavailableError) as excinfo:
         dp.load_dataset("mnist", "tfds")
     message = str(excinfo.value)
-    assert "needs the module 'importlib_resources', which is not installed: pip install importlib_resources" in message
+    assert ("needs the module 'importlib_resources.abc', which is not installed: pip install importlib_resources "
+            "(or pip install -r requirements.txt)") in message
     assert "internet" not in message and "--data-source local" in message and "mnist.npz" in message
+    monkeypatch.setattr(tfds, "load", load_without(None))
+    with pytest.raises(dp.DataUnavailableError, match=r"module '\(unnamed\)', which is not installed\. Use"):
+        dp.load_dataset("mnist", "tfds")
 
 
 def test_the_modules_tfds_imports_to_download_are_installed():
@@ -569,6 +575,9 @@ def test_the_modules_tfds_imports_to_download_are_installed():
     import importlib.util
 
     assert importlib.util.find_spec("importlib_resources") is not None
+    for requirements in ("requirements.txt", "requirements-gpu.txt"):
+        lines = (Path(__file__).resolve().parents[1] / requirements).read_text().splitlines()
+        assert any(line.startswith("importlib_resources") for line in lines), requirements
 
 
 def test_tfds_success_path_converts_to_numpy(monkeypatch):

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import experiment_looper
 from config import ConfigErrors
-from data_preprocessor import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,8 +114,8 @@ def _script(name: str):
 
 def _problem(script: str, argv: list[str]) -> str | None:
     """Why the command `python script argv...` would fail before it starts its work, or None: the script must exist
-    and take the arguments; the looper's config (a file under configs/, written out) must validate with them;
-    the command that `ledger.py add` records must itself pass."""
+    and take the arguments; the config of a script that resolves one (the looper, init_example; a file under
+    configs/, written out) must validate with them; the command that `ledger.py add` records must itself pass."""
     module = _script(script)
     if module is None:
         return f"{script} does not exist"
@@ -127,10 +125,10 @@ def _problem(script: str, argv: list[str]) -> str | None:
         args = module.parse_args(argv)
     except SystemExit:
         return "the script refuses its arguments"
-    if script == "experiment_looper.py" and args.config.startswith("configs/") and not re.search(r"[$<]",
-                                                                                                 args.config):
+    config = getattr(args, "config", None)
+    if hasattr(module, "resolve") and config and config.startswith("configs/") and not re.search(r"[$<]", config):
         try:
-            experiment_looper.resolve(args)
+            module.resolve(args)
         except ConfigErrors as exc:
             return f"config: {exc}"
     if script == "ledger.py" and args.verb == "add" and args.command != "...":
@@ -142,13 +140,9 @@ def _problem(script: str, argv: list[str]) -> str | None:
 
 
 @pytest.fixture
-def docs_machine(tmp_path, monkeypatch):
-    """The docs' `~/datasets` holds the archives (as empty stand-ins: nothing is loaded), and relative paths start
-    at the repository root, as for a user there."""
-    (tmp_path / "datasets").mkdir()
-    for info in DATASETS.values():
-        (tmp_path / "datasets" / info.local_file).touch()
-    monkeypatch.setenv("HOME", str(tmp_path))
+def docs_machine(home_with_archives, monkeypatch):
+    """The docs' `~/datasets` holds the archives, and relative paths start at the repository root, as for a user
+    there."""
     monkeypatch.chdir(ROOT)
 
 
@@ -179,7 +173,8 @@ python ledger.py compare A B [--epoch N | --epochs FIRST-LAST]
 
 and `python ledger.py add results/x --command "python experiment_looper.py configs/nope.yaml"`, then
 `python analysis.py
-results/ --out figures/`, `python shrink.py --help-me` and `python nothing.py`.
+results/ --out figures/`, `python shrink.py --help-me`, `python nothing.py` and
+`python init_example.py configs/fcn.yaml --out inits/fcn --set model.widht=2`.
 """
     commands = _commands(page)
     assert commands == [
@@ -190,6 +185,7 @@ results/ --out figures/`, `python shrink.py --help-me` and `python nothing.py`.
         ("analysis.py", ["results/", "--out", "figures/"]),
         ("shrink.py", ["--help-me"]),
         ("nothing.py", []),
+        ("init_example.py", ["configs/fcn.yaml", "--out", "inits/fcn", "--set", "model.widht=2"]),
     ]
     problems = [_problem(script, argv) for script, argv in commands]
     assert "training.optimiser" in problems[0]
@@ -198,3 +194,4 @@ results/ --out figures/`, `python shrink.py --help-me` and `python nothing.py`.
     assert problems[3] is None
     assert problems[4] == "shrink.py is not a command-line script (no parse_args)"
     assert problems[5] == "nothing.py does not exist"
+    assert "model.widht: unknown key (did you mean 'width'?)" in problems[6]

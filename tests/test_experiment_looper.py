@@ -82,14 +82,17 @@ def test_end_to_end_files_and_summary(tmp_path, capsys):
 
 
 def test_paper_numbers_next_to_measured(tmp_path):
-    cfg = config_lib.parse_config({**TINY, "paper": "fcn"})
-    summary = looper.summarize(cfg, {0: {"status": "ok", "run": 0, "seed": 1, "test_accuracy": 0.9,
-                                         "remaining_percent": 4.0, "remaining_weights": 10, "total_weights": 100,
-                                         "seconds_per_epoch": 1.0}})
+    runs = {0: {"status": "ok", "run": 0, "seed": 1, "test_accuracy": 0.9, "remaining_percent": 4.0,
+                "remaining_weights": 10, "total_weights": 100, "seconds_per_epoch": 1.0}}
+    made_up = looper.summary_markdown(looper.summarize(config_lib.parse_config({**TINY, "paper": "fcn"}), runs))
+    assert "97.48" not in made_up and "| test accuracy % | 90.00 ± 0.00 [90.00, 90.00] | – |" in made_up
+    real = {**TINY, "data": {"dataset": "mnist", "source": "tfds"}}  # real data (none is loaded here)
+    cfg = config_lib.parse_config({**real, "paper": "fcn"})
+    summary = looper.summarize(cfg, runs)
     text = looper.summary_markdown(summary)
     assert "97.48 [97.3, 97.7]" in text and "3.77 [3.7, 3.8]" in text and "90.00 ± 0.00" in text
     # printed as the README's table prints them (paper_results.paper_figure): 0.60, not 0.6; 74.50, not 74.5
-    cifar = {**TINY, "data": {**TINY["data"], "dataset": "cifar10"}}
+    cifar = {**real, "data": {**real["data"], "dataset": "cifar10"}}
     conv2 = looper.summary_markdown({**summary, "paper": looper.summarize(config_lib.parse_config(
         {**cifar, "paper": "conv2", "model": {"architecture": "conv2"}}), {})["paper"]})
     assert "| 0.60 [0.58, 0.62] |" in conv2
@@ -99,7 +102,7 @@ def test_paper_numbers_next_to_measured(tmp_path):
     # the settings that make this run what it is (a sweep's combination among them) under the title
     assert "settings that differ from the defaults: " in text and "model.threshold_fraction" not in text
     swept = looper.summary_markdown(looper.summarize(config_lib.parse_config(
-        {**TINY, "model": {**TINY["model"], "threshold_fraction": 0.6}}), {}))
+        {**real, "model": {**real["model"], "threshold_fraction": 0.6}}), {}))
     assert "model.threshold_fraction=0.6" in swept.splitlines()[2]
     # before any run has finished: dashes, no "None"
     empty = looper.summary_markdown(looper.summarize(cfg, {}))

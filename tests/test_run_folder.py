@@ -353,3 +353,15 @@ def test_zip_checksums_catch_a_flipped_byte(tmp_path):
     path.write_bytes(bytes(data))
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() is not None
+
+
+def test_a_recorded_config_with_a_paper_row_that_does_not_fit_stays_readable(tmp_path):
+    """Folders written before the config checked the paper row against the model (a dense run of fcn.yaml kept
+    `paper: fcn`) still export: the row is dropped on reading, the rest is as recorded."""
+    cfg = _cfg(model={"mask_mode": "none"})
+    raw = {**yaml.safe_load(run_folder.config_yaml(cfg, seed=5, run=2)), "paper": "fcn"}
+    (tmp_path / run_folder.CONFIG).write_text(yaml.safe_dump(raw))
+    with pytest.raises(config_lib.ConfigErrors, match="row fcn needs a masked mode"):
+        config_lib.parse_config({k: v for k, v in raw.items() if k not in ("seed", "run")})
+    read, seed, run = run_folder.read_run_config(tmp_path, data_source="synthetic")
+    assert (read.paper, read.model.mask_mode, seed, run) == (None, "none", 5, 2)
