@@ -596,7 +596,10 @@ REFERENCE_HEADER = (
     "Sections: top-level experiment keys, `data`, `model`, `training`, and an optional `sweep`. Sweep keys are "
     "dotted paths (`model.threshold_fraction`); each combination is validated like a config of its own. Sweep keys "
     "and `--set KEY=VALUE` may name a field of an init preset: `model.mask_init.factor=0.5` on `mask_init: "
-    "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default).\n")
+    "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default). A `--set` of a key "
+    "the sweep sets (or of one below it) is refused: the sweep's values would replace it in every combination. "
+    "`paper` must name a row of the config's dataset and kind (a `_baseline` row for mask_mode none), and the "
+    "local source's archive must be in data_dir.\n")
 
 
 def parse_args(argv=None):
