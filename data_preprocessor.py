@@ -121,7 +121,16 @@ _STANDARDIZE_CHUNK = 2048  # images per chunk in standardize_images
 
 
 class DataUnavailableError(RuntimeError):
-    """The requested data cannot be obtained; the message tells the user what to do."""
+    """The requested data cannot be obtained; the message tells the user what to do.
+
+    str(error) is `reason` followed by `hint`. The hint names the config keys and the looper's flags; a script
+    with another interface (the minimal example) prints `reason` with its own hint instead.
+    """
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(f"{reason} {hint}".strip())
+        self.reason = reason
+        self.hint = hint
 
 
 # --------------------------------------------------------------------------------------
@@ -277,7 +286,7 @@ def local_archive_problem(dataset: str, data_dir: str | os.PathLike | None) -> s
 def _local_path(info: DatasetInfo, data_dir: str | os.PathLike | None) -> str:
     problem = local_archive_problem(info.name, data_dir)
     if problem:
-        raise DataUnavailableError(f"{problem} (data.data_dir, or --data-dir, of the 'local' source)")
+        raise DataUnavailableError(problem, "(data.data_dir, or --data-dir, of the 'local' source)")
     return os.path.join(os.path.expanduser(os.fspath(data_dir)), info.local_file)
 
 
@@ -371,7 +380,7 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
     try:
         import tensorflow_datasets as tfds  # slow import: only when needed
     except ImportError as exc:
-        raise DataUnavailableError(f"tensorflow-datasets is not installed. {hint} Original error: {exc}") from exc
+        raise DataUnavailableError(f"tensorflow-datasets is not installed ({exc}).", hint) from exc
     try:
         splits = tfds.load(
             info.name,
@@ -385,13 +394,13 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
         package = (exc.name or "").partition(".")[0]
         install = f": pip install {package} (or pip install -r requirements.txt)" if package else ""
         raise DataUnavailableError(
-            f"tensorflow-datasets needs the module {exc.name or '(unnamed)'!r}, which is not installed{install}. "
-            f"{hint} Original error: {exc}"
+            f"tensorflow-datasets needs the module {exc.name or '(unnamed)'!r}, which is not installed{install} "
+            f"({exc}).", hint
         ) from exc
     except Exception as exc:  # download/prepare failures come in many exception types
         raise DataUnavailableError(
-            f"Could not download {info.name!r} with tensorflow-datasets (no internet?). {hint} "
-            f"Original error: {type(exc).__name__}: {exc}"
+            f"Could not download {info.name!r} with tensorflow-datasets (no internet?): {type(exc).__name__}: "
+            f"{exc}.", hint
         ) from exc
     out = []
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):

@@ -7,11 +7,14 @@ import sys
 
 from architectures import build_model
 from custom_layers import MaskedLayers, mask_statistics
-from data_preprocessor import load_dataset
+from data_preprocessor import DataUnavailableError, load_dataset
 from model_trainer import OptimizerSpec, ScheduleSpec, train
 
 data_dir = sys.argv[1] if len(sys.argv) > 1 else None
-data = load_dataset("mnist", source="local" if data_dir else "tfds", data_dir=data_dir, batch_size=128)
+try:
+    data = load_dataset("mnist", source="local" if data_dir else "tfds", data_dir=data_dir, batch_size=128)
+except DataUnavailableError as exc:  # no internet, or no mnist.npz in the folder given
+    sys.exit(f"error: {exc.reason}\nOffline: python minimal_working_example.py DIR, where DIR holds mnist.npz.")
 
 # Frozen ELUS signed-constant weights, Xavier-uniform masks, tau = 0.4 * max|m_init| per layer.
 layers = MaskedLayers(mask_mode="signed", weight_init="elus", mask_init="xavier_uniform",

@@ -541,6 +541,8 @@ def test_tfds_download_failure_points_to_local_source(monkeypatch):
     message = str(excinfo.value)
     assert "local" in message and "cifar-10-python.tar.gz" in message
     assert "storage.googleapis.com" in message
+    assert message == f"{excinfo.value.reason} {excinfo.value.hint}" and "--data-source" in excinfo.value.hint
+    assert "storage.googleapis.com" in excinfo.value.reason and "--data-source" not in excinfo.value.reason
     assert calls and calls[0][0][0] == "cifar10"
     assert calls[0][1]["split"] == ["train", "test"] and calls[0][1]["batch_size"] == -1
     assert calls[0][1]["as_supervised"] is True and calls[0][1]["data_dir"] == "/tmp/some_tfds_dir"
@@ -565,7 +567,7 @@ def test_a_missing_module_of_tfds_is_named_not_blamed_on_the_network(monkeypatch
             "(or pip install -r requirements.txt)") in message
     assert "internet" not in message and "--data-source local" in message and "mnist.npz" in message
     monkeypatch.setattr(tfds, "load", load_without(None))
-    with pytest.raises(dp.DataUnavailableError, match=r"module '\(unnamed\)', which is not installed\. Use"):
+    with pytest.raises(dp.DataUnavailableError, match=r"module '\(unnamed\)', which is not installed \(.*\)\. Use"):
         dp.load_dataset("mnist", "tfds")
 
 

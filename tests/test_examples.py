@@ -1,11 +1,13 @@
 """The user-facing scripts run as documented: the minimal example and init_example."""
 
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +39,24 @@ def test_the_readme_library_snippet_runs(tmp_path, monkeypatch):
     for name in ("stripped.keras", "compact.npz"):
         assert (tmp_path / name).stat().st_size > 0
     assert namespace["small"].architecture.startswith("784-300-10 → ")
+
+
+@pytest.mark.parametrize("argv", [[], ["{tmp}"]], ids=["tfds offline", "folder without mnist.npz"])
+def test_the_minimal_example_says_how_to_run_it_offline(argv, tmp_path, monkeypatch, capsys):
+    """Without data it exits with one message in its own terms (its folder argument), not a traceback naming the
+    looper's flags."""
+    if not argv:
+        tfds = pytest.importorskip("tensorflow_datasets")
+
+        def offline(*args, **kwargs):
+            raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+        monkeypatch.setattr(tfds, "load", offline)
+    monkeypatch.setattr(sys, "argv", ["minimal_working_example.py"] + [a.format(tmp=tmp_path) for a in argv])
+    with pytest.raises(SystemExit) as excinfo:
+        runpy.run_path(str(ROOT / "minimal_working_example.py"), run_name="__main__")
+    message = str(excinfo.value.code)
+    assert message.startswith("error: ") and message.count("\n") == 1
+    assert message.endswith("Offline: python minimal_working_example.py DIR, where DIR holds mnist.npz.")
+    assert "--data" not in message and "data.data_dir" not in message
+    assert ("storage.googleapis.com" if not argv else "holds no mnist.npz") in message
