@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import os
@@ -564,8 +565,8 @@ class DataBundle:
     file order. Everything is prefetched.
     """
 
-    stream: Callable[[int], Any]  # first epoch -> the endless dataset of batches
-    test: Any  # tf.data.Dataset
+    stream: Callable[[int], Any]  # first epoch -> the endless dataset (or iterator) of batches
+    test: Any  # tf.data.Dataset, or a keras.utils.PyDataset off the TensorFlow backend
     info: DatasetInfo
     n_train: int
     n_test: int
@@ -583,12 +584,17 @@ class DataBundle:
 
     def epoch(self, epoch: int):
         """The ``steps_per_epoch`` batches of epoch `epoch` alone."""
-        return self.train_from(epoch).take(self.steps_per_epoch)
+        stream = self.train_from(epoch)
+        if hasattr(stream, "take"):  # tf.data
+            return stream.take(self.steps_per_epoch)
+        return list(itertools.islice(stream, self.steps_per_epoch))
 
     @property
     def input_shape(self) -> tuple:
         """Shape of one model input as produced by the pipelines ((784,) for flattened MNIST)."""
-        return tuple(self.test.element_spec[0].shape[1:].as_list())
+        if hasattr(self.test, "element_spec"):  # tf.data
+            return tuple(self.test.element_spec[0].shape[1:].as_list())
+        return tuple(self.test.x.shape[1:])
 
 
 def _encode_labels(y: np.ndarray, label_format: str, num_classes: int) -> np.ndarray:
@@ -632,6 +638,85 @@ def _train_stream(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
         return endless.prefetch(tf.data.AUTOTUNE)
 
     return stream
+
+
+# Off the TensorFlow backend (Keras on JAX or PyTorch, e.g. on a GPU machine without TensorFlow) the pipelines are
+# numpy: the same batches, order and augmentation semantics (pure functions of (seed, epoch)), drawn from numpy's
+# generator instead of TensorFlow's stateless ops, so the two backends see different (equally random) orders.
+
+
+def numpy_epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The example index at each position of epoch `epoch` off the TensorFlow backend: a permutation of 0..n-1
+    drawn by numpy's generator seeded with (seed, epoch), a pure function of both."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
+def numpy_augment(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """augment_image for a batch in numpy: zero-pad 4 pixels on every side, crop H x W at `offsets` (row, column
+    per image, each in [0, 8]), mirror left-right where `flips`."""
+    n, height, width = images.shape[:3]
+    padded = np.pad(images, [(0, 0), (_PAD, _PAD), (_PAD, _PAD), (0, 0)])
+    out = np.empty_like(images)
+    for k in range(n):
+        row, col = offsets[k]
+        crop = padded[k, row : row + height, col : col + width]
+        out[k] = crop[:, ::-1] if flips[k] else crop
+    return out
+
+
+def _numpy_train_stream(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
+    """first epoch -> endless iterator of the batches of that epoch and every later one (see DataBundle)."""
+    n = x.shape[0]
+
+    def one_epoch(epoch):
+        order = numpy_epoch_order(n, seed, epoch) if shuffle else np.arange(n)
+        if augment:
+            rng = np.random.default_rng([int(seed), int(epoch), 1])
+            offsets = rng.integers(0, 2 * _PAD + 1, size=(n, 2))
+            flips = rng.integers(0, 2, size=n).astype(bool)
+        for start in range(0, n, batch_size):
+            positions = np.arange(start, min(start + batch_size, n))
+            idx = order[positions]
+            images = x[idx]
+            if augment:
+                images = numpy_augment(images, offsets[positions], flips[positions])
+                if flat_shape is not None:
+                    images = images.reshape((len(idx),) + flat_shape)
+            yield images, y[idx]
+
+    def stream(first_epoch: int):  # a generator: what Keras' fit takes as an endless source
+        for epoch in itertools.count(int(first_epoch)):
+            yield from one_epoch(epoch)
+
+    return stream
+
+
+def _numpy_test_pipeline(x, y, batch_size):
+    import keras
+
+    class TestBatches(keras.utils.PyDataset):
+        """The test set in file order, in batches: re-iterable, as Keras evaluates it every epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return math.ceil(x.shape[0] / batch_size)
+
+        def __getitem__(self, i):
+            if not 0 <= i < len(self):
+                raise IndexError(i)
+            return x[i * batch_size : (i + 1) * batch_size], y[i * batch_size : (i + 1) * batch_size]
+
+    return TestBatches()
+
+
+def uses_tf_data() -> bool:
+    """True on Keras' TensorFlow backend (tf.data pipelines), False on the others (numpy pipelines)."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
 
 
 def _test_pipeline(x, y, batch_size):
@@ -702,8 +787,10 @@ def load_dataset(
     y_train = _encode_labels(y_train, label_format, info.num_classes)
     y_test = _encode_labels(y_test, label_format, info.num_classes)
 
-    stream = _train_stream(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
-    test = _test_pipeline(x_test, y_test, batch_size)
+    train_stream, test_pipeline = ((_train_stream, _test_pipeline) if uses_tf_data()
+                                   else (_numpy_train_stream, _numpy_test_pipeline))
+    stream = train_stream(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
+    test = test_pipeline(x_test, y_test, batch_size)
     logger.info(
         "Prepared %s pipelines (batch %d, %s labels, augment=%s, flatten=%s) in %.2f s",
         dataset, batch_size, label_format, bool(augment), bool(flatten), time.perf_counter() - start,

@@ -98,11 +98,11 @@ _STRATEGIES: dict[str, Any] = {}
 def distribution_strategy(cfg: ExperimentConfig):
     """The tf.distribute strategy of `training.distribute`, created once per process: a second
     MirroredStrategy in one process breaks TensorFlow's collectives (sweeps and resumed runs reuse the first)."""
-    import tensorflow as tf
-
     name = cfg.training.distribute
     if name is None:
         return None
+    import tensorflow as tf
+
     if name not in _STRATEGIES:
         factories = {"mirrored": tf.distribute.MirroredStrategy,
                      "multi_worker": tf.distribute.MultiWorkerMirroredStrategy}
@@ -123,12 +123,34 @@ def precision_policy(name: str | None):
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, numpy and the backend; `deterministic` turns TensorFlow's op determinism on. On JAX, GPU
+    determinism is XLA's flag, which must be set before JAX starts: XLA_FLAGS=--xla_gpu_deterministic_ops=true."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    if deterministic:
+    if deterministic and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
+
+
+def compute_device() -> str:
+    """What trains, for the run's metrics: the Keras backend and its first device, e.g. 'tensorflow CPU' or
+    'jax NVIDIA H100 80GB HBM3'."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"jax {device.device_kind if device.platform == 'gpu' else device.platform.upper()}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return f"tensorflow {'GPU' if gpus else 'CPU'}"
+    return backend
 
 
 def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop_event=None,
@@ -191,6 +213,7 @@ def train_run(cfg: ExperimentConfig, run: int, seed: int, run_dir: Path, *, stop
         "seconds": result.seconds,
         "seconds_per_epoch": result.seconds / max(1, len(result.history)),
         "precision": t.mixed_precision or "float32",
+        "device": compute_device(),
         "architecture": units.architecture,
         "surviving_inputs": len(units.input_survivors),
     }

@@ -137,11 +137,15 @@ def make_optimizer(spec: OptimizerSpec, schedule: ScheduleSpec, steps_per_epoch:
 
 
 def compile_model(model, optimizer, *, label_format: str = "one_hot", jit_compile: bool = False) -> None:
-    """Compile with (sparse) categorical cross-entropy and accuracy (logged as `loss` and `accuracy`)."""
+    """Compile with (sparse) categorical cross-entropy and accuracy (logged as `loss` and `accuracy`).
+
+    `jit_compile` chooses XLA on the TensorFlow backend. The other backends always compile the train step with
+    their own compiler (jax.jit; Keras' "auto"): run uncompiled, they are orders of magnitude slower."""
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {', '.join(LABEL_FORMATS)}; got {label_format!r}")
     loss = "categorical_crossentropy" if label_format == "one_hot" else "sparse_categorical_crossentropy"
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=bool(jit_compile))
+    jit = bool(jit_compile) if keras.backend.backend() == "tensorflow" else "auto"
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit)
 
 
 def prepare_model(model, *, optimizer: OptimizerSpec = OptimizerSpec(), schedule: ScheduleSpec = ScheduleSpec(),
@@ -185,7 +189,22 @@ def _number(value):
 # --------------------------------------------------------------------------------------------------------------
 # Callbacks
 # --------------------------------------------------------------------------------------------------------------
-class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
+class _StopsFromBatchHooks(keras.callbacks.Callback):
+    """Base of the callbacks that end `fit` from a batch hook, which may run on Keras' callback thread (async
+    dispatch, on JAX and PyTorch). Reading `Callback.model` makes JAX copy the training state back into the model
+    (`jax_state_sync`); from that thread the copy races the step in flight, whose input buffers JAX donates, and
+    the next step or the epoch's metrics then read deleted arrays. `stop_fit` sets the model's `stop_training`
+    flag through the reference `set_model` kept, without that copy."""
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._fit_model = model
+
+    def stop_fit(self):
+        self._fit_model.stop_training = True
+
+
+class StopOnNonFinite(_StopsFromBatchHooks, keras.callbacks.TerminateOnNaN):
     """keras.callbacks.TerminateOnNaN that also records where the loss became NaN or inf.
 
     Keras logs the running mean of the epoch's loss, so a non-finite batch loss shows at the batch where it
@@ -222,7 +241,7 @@ class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
         # The hook may run on Keras' callback thread, after later steps began: count the step, don't read it.
         self.step = (self.epoch - 1) * int((self.params or {}).get("steps") or 0) + self.batch
         log.warning("%s", self.message)
-        super().on_batch_end(batch, logs)  # stop_training = True
+        self.stop_fit()
 
     @property
     def message(self) -> str:
@@ -231,21 +250,23 @@ class StopOnNonFinite(keras.callbacks.TerminateOnNaN):
         return f"loss became {self.value} at epoch {self.epoch}, batch {self.batch} (step {self.step})"
 
 
-class StopOnRequest(keras.callbacks.Callback):
+class StopOnRequest(_StopsFromBatchHooks):
     """Ends `fit` after the current step once `event` (a threading.Event) is set: the looper sets it from its
-    SIGINT / SIGTERM handler, so an interrupt is never lost in whatever the main thread was doing."""
+    SIGINT / SIGTERM handler, so an interrupt is never lost in whatever the main thread was doing.
 
-    async_safe = True
+    It looks at the event when a step begins: Keras calls batch-begin hooks on the main thread, before the step,
+    and ends `fit` right after that step. A batch-end hook would run on Keras' callback thread under async
+    dispatch (JAX), which lags the steps the main thread has already queued by up to an epoch."""
 
     def __init__(self, event: threading.Event):
         super().__init__()
         self.event = event
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if self.event.is_set():
-            self.model.stop_training = True
+            self.stop_fit()
 
-    on_epoch_begin = on_epoch_end = on_train_batch_end
+    on_epoch_begin = on_epoch_end = on_train_batch_begin
 
 
 class EpochRecorder(keras.callbacks.Callback):

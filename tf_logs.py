@@ -8,6 +8,7 @@ Importing TensorFlow 2.21 prints, from C++ and before any log level applies, twi
 `import_tensorflow()` sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's own INFO and WARNING lines; errors still show)
 unless the user set it, imports TensorFlow with the process's stderr (file descriptor 2) captured, and writes back
 everything it printed except the lines in NOISE. The command-line tools call it before they need TensorFlow.
+On another Keras backend (KERAS_BACKEND=jax or torch) it imports nothing and returns None.
 
     SUPERMASK_TF_LOGS=1   no filtering and TensorFlow's full logs (TF_CPP_MIN_LOG_LEVEL=0)
 """
@@ -23,7 +24,10 @@ NOISE = ("All log messages before absl::InitializeLog() is called are written to
 
 
 def import_tensorflow():
-    """Import TensorFlow (once) with its start-up noise filtered out; returns the module."""
+    """Import TensorFlow (once) with its start-up noise filtered out; returns the module, or None when Keras runs
+    on another backend (KERAS_BACKEND names one)."""
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return None
     if os.environ.get("SUPERMASK_TF_LOGS"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         import tensorflow
