@@ -20,7 +20,8 @@ An entry is one results folder (one config, its N runs), copied by `add` into le
     entry.json           what produced it: the command, the code commit, the data source, the precision, the
                          resolved identity, when it was added, which paper row it stands for (`reports`), and per
                          run the seed, final and best test accuracy, remaining weights, seconds, effective
-                         architecture; the summary (mean, std, min, max over the runs)
+                         architecture, device (Keras backend and its device); the summary (mean, std, min, max
+                         over the runs)
     config.yaml          the resolved config
     run_000/ ...         each run's config.yaml, metrics.json, history.json (every epoch), layers.json (per layer
                          kept / inverted / hidden, units and surviving units: filled in from the artifact for runs
@@ -177,6 +178,7 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
             "remaining_percent": metrics["remaining_percent"], "remaining_weights": metrics["remaining_weights"],
             "total_weights": metrics["total_weights"], "seconds": metrics["seconds"],
             "seconds_per_epoch": metrics["seconds_per_epoch"], "architecture": architecture,
+            "device": metrics.get("device"),
         })
     stats = run_folder.summary_statistics
     entry = {
@@ -326,16 +328,32 @@ def status_table(all_entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Runs made before the looper recorded its device (metrics.json without "device") all trained on the TensorFlow
+# backend, the only one the code supported then.
+DEVICE_NOT_RECORDED = "tensorflow, device not recorded"
+
+
+def run_devices(entry: dict) -> str:
+    """Where an entry's runs trained, each device with its run count in the order of the runs, e.g.
+    "tensorflow CPU ×1, jax NVIDIA H100 80GB HBM3 ×1"."""
+    counts: dict[str, int] = {}
+    for r in entry.get("runs", []):
+        device = r.get("device") or DEVICE_NOT_RECORDED
+        counts[device] = counts.get(device, 0) + 1
+    return ", ".join(f"{device} ×{n}" for device, n in counts.items()) or "–"
+
+
 def entries_table(all_entries: list[dict]) -> str:
-    """Every ledger entry: what it stands for, its numbers per run count, precision, and the command."""
-    lines = ["| entry | stands for | runs × epochs | precision | test accuracy % | remaining % | command |",
+    """Every ledger entry: what it stands for, its numbers per run count, precision and device, and the
+    command."""
+    lines = ["| entry | stands for | runs × epochs | precision, device | test accuracy % | remaining % | command |",
              "|---|---|---|---|---|---|---|"]
     for e in all_entries:
         s = e["summary"]
         remaining = _mean_std(s["remaining_percent"]) if e["mask_mode"] != config_lib.BASELINE_MODE else "100"
         lines.append(f"| `{e['name']}` | {e['reports'] or e['note'] or '–'} | {s['runs']} × {e['epochs']} | "
-                     f"{e['precision']} | {_mean_std(s['test_accuracy_percent'])} | {remaining} | "
-                     f"`{e['command']}` |")
+                     f"{e['precision']}, {run_devices(e)} | {_mean_std(s['test_accuracy_percent'])} | "
+                     f"{remaining} | `{e['command']}` |")
     return "\n".join(lines) + "\n"
 
 

@@ -146,6 +146,7 @@ def test_add_copies_a_results_folder(tmp_path, monkeypatch):
         metrics = json.loads((directory / run / "metrics.json").read_text())
         assert record["test_accuracy_percent"] == pytest.approx(100 * metrics["test_accuracy"])
         assert record["architecture"] == metrics["architecture"]
+        assert record["device"] == metrics["device"] == "tensorflow CPU"
         assert (target / run / "compact.npz").read_bytes() == (directory / run / "compact.npz").read_bytes()
         assert not (target / run / "masks.npz").exists()
     assert not list((tmp_path / "ledger").glob(".*staging"))
@@ -177,6 +178,14 @@ def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
     return {"name": "e", "reports": None, "note": "", "mask_mode": mode, "epochs": epochs, "precision": "float32",
             "command": "c", "summary": {"runs": runs, "test_accuracy_percent": stats(mean_acc),
                                         "remaining_percent": stats(mean_rem)}}
+
+
+def test_the_entry_list_names_each_runs_device_with_its_count():
+    entry = _entry(75.0, 1.2, runs=3)
+    entry["runs"] = [{"device": None}, {"device": "jax NVIDIA H100 80GB HBM3"}, {"device": "jax NVIDIA H100 80GB HBM3"}]
+    assert ledger.run_devices(entry) == "tensorflow, device not recorded ×1, jax NVIDIA H100 80GB HBM3 ×2"
+    row = ledger.entries_table([entry]).splitlines()[2]
+    assert "| float32, tensorflow, device not recorded ×1, jax NVIDIA H100 80GB HBM3 ×2 |" in row
 
 
 def test_a_run_reports_only_its_configs_row_and_only_on_real_data():
