@@ -28,6 +28,7 @@ import yaml
 import architectures
 import data_preprocessor
 import hparams
+import tf_logs
 from hparams import InitSpec, OptimizerSpec, ScheduleSpec, rule
 from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of
 
@@ -295,6 +296,13 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
     if cfg.training.jit_compile and cfg.training.deterministic:
         errors.append(ConfigError("training.jit_compile", "Keras turns XLA off while TF op determinism is on; set "
                                                           "training.deterministic: false to compile with XLA"))
+    backend = tf_logs.keras_backend_name()
+    if backend != "tensorflow":
+        for key, what in (("distribute", "tf.distribute strategies"), ("tensorboard", "the TensorBoard summaries")):
+            if getattr(cfg.training, key):
+                errors.append(ConfigError(f"training.{key}", f"{what} need the TensorFlow backend, and Keras runs "
+                                                             f"on {backend} here (KERAS_BACKEND); set it to "
+                                                             f"{'null' if key == 'distribute' else 'false'}"))
     if cfg.training.distribute and cfg.data.batch_size < 2:
         errors.append(ConfigError("data.batch_size", "distributed training needs a batch of at least 2"))
 

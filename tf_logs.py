@@ -8,13 +8,14 @@ Importing TensorFlow 2.21 prints, from C++ and before any log level applies, twi
 `import_tensorflow()` sets TF_CPP_MIN_LOG_LEVEL=2 (TensorFlow's own INFO and WARNING lines; errors still show)
 unless the user set it, imports TensorFlow with the process's stderr (file descriptor 2) captured, and writes back
 everything it printed except the lines in NOISE. The command-line tools call it before they need TensorFlow.
-On another Keras backend (KERAS_BACKEND=jax or torch) it imports nothing and returns None.
+On another Keras backend (KERAS_BACKEND=jax or torch, or keras.json) it imports nothing and returns None.
 
     SUPERMASK_TF_LOGS=1   no filtering and TensorFlow's full logs (TF_CPP_MIN_LOG_LEVEL=0)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -23,10 +24,23 @@ NOISE = ("All log messages before absl::InitializeLog() is called are written to
          "oneDNN custom operations are on")
 
 
+def keras_backend_name() -> str:
+    """The backend Keras will use, read as Keras reads it but without importing Keras (which imports the backend):
+    KERAS_BACKEND, else the "backend" of $KERAS_HOME/keras.json (default ~/.keras/keras.json), else tensorflow."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return str(json.load(f).get("backend") or "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
 def import_tensorflow():
     """Import TensorFlow (once) with its start-up noise filtered out; returns the module, or None when Keras runs
     on another backend (KERAS_BACKEND names one)."""
-    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+    if keras_backend_name() != "tensorflow":
         return None
     if os.environ.get("SUPERMASK_TF_LOGS"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

@@ -332,3 +332,26 @@ def test_a_problem_shared_by_several_sweep_combinations_is_reported_once():
     assert len(info.value.errors) == 1
     assert str(info.value.errors[0]) == ("model.threshold_fraction: 1.5 is out of range: must be < 1.0 (in sweep "
                                          "combination model.threshold_fraction=1.5, model.dropout=0.0 and 2 more)")
+
+
+def test_tensorflow_only_switches_are_refused_on_another_keras_backend(tmp_path, monkeypatch):
+    import tf_logs
+
+    raw = _with("training.tensorboard", True)
+    raw["training"]["distribute"] = "mirrored"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert tf_logs.keras_backend_name() == "tensorflow"  # no keras.json: Keras' default
+    parse_config(raw)
+    (tmp_path / "keras.json").write_text('{"backend": "jax", "floatx": "float32"}')
+    assert tf_logs.keras_backend_name() == "jax"
+    monkeypatch.setenv("KERAS_BACKEND", "torch")  # the variable wins over keras.json, as in Keras
+    assert tf_logs.keras_backend_name() == "torch"
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(raw)
+    assert [str(e) for e in info.value.errors] == [
+        "training.distribute: tf.distribute strategies need the TensorFlow backend, and Keras runs on torch here "
+        "(KERAS_BACKEND); set it to null",
+        "training.tensorboard: the TensorBoard summaries need the TensorFlow backend, and Keras runs on torch here "
+        "(KERAS_BACKEND); set it to false"]
+    parse_config(GOOD)  # nothing else changes
