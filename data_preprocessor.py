@@ -1,4 +1,4 @@
-"""MNIST, CIFAR-10 and CIFAR-100 as ``tf.data`` pipelines.
+"""MNIST, CIFAR-10 and CIFAR-100 as ``tf.data`` pipelines (numpy batches on Keras' other backends).
 
 Three sources provide the raw arrays (:func:`load_arrays`):
 
@@ -34,7 +34,11 @@ paper (section 4.4):
   The test set is only batched and prefetched.
 
 TensorFlow is imported by the functions that build pipelines, not by this
-module, so the config schema can read the dataset table without it.
+module, so the config schema can read the dataset table without it. When
+Keras runs on another backend (``KERAS_BACKEND=jax``, e.g. a GPU machine
+without TensorFlow), the pipelines are numpy generators of the same batches,
+with the same semantics; numpy's generator, not TensorFlow's stateless ops,
+draws the order and the augmentation there.
 """
 
 from __future__ import annotations
