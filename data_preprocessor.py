@@ -36,9 +36,10 @@ paper (section 4.4):
 TensorFlow is imported by the functions that build pipelines, not by this
 module, so the config schema can read the dataset table without it. When
 Keras runs on another backend (``KERAS_BACKEND=jax``, e.g. a GPU machine
-without TensorFlow), the pipelines are numpy generators of the same batches,
-with the same semantics; numpy's generator, not TensorFlow's stateless ops,
-draws the order and the augmentation there.
+without TensorFlow), the pipelines are numpy generators of batches of the
+same kind (epoch order and augmentation pure functions of (seed, e)); numpy's
+generator, not TensorFlow's stateless ops, draws the order and the
+augmentation there, so the same seed gives another order than on TensorFlow.
 """
 
 from __future__ import annotations
@@ -566,7 +567,8 @@ class DataBundle:
     (x float32, y), ``y`` one-hot float32 if ``label_format == "one_hot"``
     else int32 class indices; the last, smaller batch of an epoch is kept, so
     ``steps_per_epoch = ceil(n_train / batch_size)``. ``test`` is batched in
-    file order. Everything is prefetched.
+    file order. The tf.data pipelines are prefetched; the numpy ones (off
+    TensorFlow) build each batch on the main thread between steps.
     """
 
     stream: Callable[[int], Any]  # first epoch -> the endless dataset (or iterator) of batches
@@ -645,8 +647,8 @@ def _train_stream(x, y, batch_size, seed, augment, flat_shape, shuffle=True):
 
 
 # Off the TensorFlow backend (Keras on JAX or PyTorch, e.g. on a GPU machine without TensorFlow) the pipelines are
-# numpy: the same batches, order and augmentation semantics (pure functions of (seed, epoch)), drawn from numpy's
-# generator instead of TensorFlow's stateless ops, so the two backends see different (equally random) orders.
+# numpy: batches of the same kind, epoch order and augmentation pure functions of (seed, epoch) as above, drawn by
+# numpy's generator instead of TensorFlow's stateless ops, so the two backends see different (equally random) orders.
 
 
 def numpy_epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -222,6 +222,7 @@ class StopOnNonFinite(_StopsFromBatchHooks, keras.callbacks.TerminateOnNaN):
         self.step: int | None = None
         self.value: float | None = None
         self._epoch = 0
+        self._lock = threading.Lock()
 
     def on_train_begin(self, logs=None):
         self.triggered = False
@@ -231,17 +232,24 @@ class StopOnNonFinite(_StopsFromBatchHooks, keras.callbacks.TerminateOnNaN):
         self._epoch = int(epoch) + 1
 
     def on_batch_end(self, batch, logs=None):
-        if self.triggered or not logs or logs.get("loss") is None:
+        if not logs or logs.get("loss") is None:
             return
         value = _number(logs["loss"])
         if math.isfinite(value):
             return
-        self.triggered = True
-        self.epoch, self.batch, self.value = self._epoch, int(batch) + 1, value
-        # The hook may run on Keras' callback thread, after later steps began: count the step, don't read it.
-        self.step = (self.epoch - 1) * int((self.params or {}).get("steps") or 0) + self.batch
-        log.warning("%s", self.message)
-        self.stop_fit()
+        # Off TensorFlow the hooks run on a pool of Keras' callback threads, possibly out of batch order: the
+        # earliest non-finite batch is the one recorded, under a lock.
+        with self._lock:
+            if self.triggered and (self.epoch, self.batch) <= (self._epoch, int(batch) + 1):
+                return
+            first = not self.triggered
+            self.triggered = True
+            self.epoch, self.batch, self.value = self._epoch, int(batch) + 1, value
+            # The hook may run after later steps began: count the step, don't read it.
+            self.step = (self.epoch - 1) * int((self.params or {}).get("steps") or 0) + self.batch
+        if first:
+            log.warning("%s", self.message)
+            self.stop_fit()
 
     @property
     def message(self) -> str:

@@ -39,7 +39,7 @@ def keras_backend_name() -> str:
 
 def import_tensorflow():
     """Import TensorFlow (once) with its start-up noise filtered out; returns the module, or None when Keras runs
-    on another backend (KERAS_BACKEND names one)."""
+    on another backend (keras_backend_name: KERAS_BACKEND, else keras.json)."""
     if keras_backend_name() != "tensorflow":
         return None
     if os.environ.get("SUPERMASK_TF_LOGS"):
