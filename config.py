@@ -293,7 +293,7 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                 errors.append(ConfigError(f"model.{key}", f"file {path} (run {run}) does not exist; create it "
                                                           f"with init_example.py"))
                 break
-    if cfg.training.jit_compile and cfg.training.deterministic:
+    if cfg.training.jit_compile and cfg.training.deterministic and tf_logs.keras_backend_name() == "tensorflow":
         errors.append(ConfigError("training.jit_compile", "Keras turns XLA off while TF op determinism is on; set "
                                                           "training.deterministic: false to compile with XLA"))
     backend = tf_logs.keras_backend_name()
@@ -301,7 +301,7 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
         for key, what in (("distribute", "tf.distribute strategies"), ("tensorboard", "the TensorBoard summaries")):
             if getattr(cfg.training, key):
                 errors.append(ConfigError(f"training.{key}", f"{what} need the TensorFlow backend, and Keras runs "
-                                                             f"on {backend} here (KERAS_BACKEND); set it to "
+                                                             f"on {backend} here; set it to "
                                                              f"{'null' if key == 'distribute' else 'false'}"))
     if cfg.training.distribute and cfg.data.batch_size < 2:
         errors.append(ConfigError("data.batch_size", "distributed training needs a batch of at least 2"))

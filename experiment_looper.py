@@ -128,10 +128,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
-    if deterministic and keras.backend.backend() == "tensorflow":
+    if not deterministic:
+        return
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
+    elif "--xla_gpu_deterministic_ops=true" not in os.environ.get("XLA_FLAGS", ""):
+        log.warning("training.deterministic: on %s, start the process with "
+                    "XLA_FLAGS=--xla_gpu_deterministic_ops=true for repeatable runs on a GPU", keras.backend.backend())
 
 
 def compute_device() -> str:

@@ -259,22 +259,25 @@ class StopOnNonFinite(_StopsFromBatchHooks, keras.callbacks.TerminateOnNaN):
 
 
 class StopOnRequest(_StopsFromBatchHooks):
-    """Ends `fit` after the current step once `event` (a threading.Event) is set: the looper sets it from its
-    SIGINT / SIGTERM handler, so an interrupt is never lost in whatever the main thread was doing.
+    """Ends `fit` at the end of the step during which `event` (a threading.Event) was set; the looper sets it from
+    its SIGINT / SIGTERM handler, so an interrupt is never lost in whatever the main thread was doing.
 
-    It looks at the event when a step begins: Keras calls batch-begin hooks on the main thread, before the step,
-    and ends `fit` right after that step. A batch-end hook would run on Keras' callback thread under async
-    dispatch (JAX), which lags the steps the main thread has already queued by up to an epoch."""
+    On TensorFlow the batch-end hook runs on the main thread right after each step and `fit` stops there. Off
+    TensorFlow Keras runs batch-end hooks on its callback threads, behind the steps the main thread has already
+    queued (up to an epoch); the batch-begin hook, on the main thread, then catches the request before the next
+    step, and `fit` stops after that one: at most one step more."""
+
+    async_safe = True  # it reads an Event and sets a flag: Keras may keep its async dispatch
 
     def __init__(self, event: threading.Event):
         super().__init__()
         self.event = event
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         if self.event.is_set():
             self.stop_fit()
 
-    on_epoch_begin = on_epoch_end = on_train_batch_begin
+    on_train_batch_begin = on_epoch_begin = on_epoch_end = on_train_batch_end
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -292,8 +295,6 @@ class EpochRecorder(keras.callbacks.Callback):
     statistics are computed here, once per epoch, outside the train step.
     """
 
-    async_safe = True  # its batch hook only counts batches: keep Keras' async dispatch
-
     def __init__(self, history: list | None = None, *, test_data=None, stopper: StopOnNonFinite | None = None):
         super().__init__()
         self.history = history if history is not None else []
@@ -306,7 +307,10 @@ class EpochRecorder(keras.callbacks.Callback):
         self._start = time.perf_counter()
         self._batches = 0
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
+        # Counted as the steps begin, on the main thread and in order: batch-end hooks may run on a pool of Keras'
+        # callback threads off TensorFlow, out of order, and would undercount. A begun step always runs (fit looks
+        # at stop_training after it).
         self._batches = int(batch) + 1
 
     def on_epoch_end(self, epoch, logs=None):

@@ -284,6 +284,40 @@ def test_a_stop_request_ends_fit_right_after_the_step_during_which_it_came():
     assert int(model.optimizer.iterations) == 3 and len(history.history["loss"]) == 1
 
 
+class _SetEventAtEnd(_SetEventAt):
+    """Sets `event` when batch `batch` ends: on TensorFlow, before the stopper's batch-end hook of that step."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begun.append(batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.event.set()
+
+
+@on_tensorflow
+def test_on_tensorflow_a_request_that_comes_at_the_end_of_a_step_ends_fit_there():
+    model, event = _tiny_model(), threading.Event()
+    setter = _SetEventAtEnd(event, 2)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.standard_normal((40, 2)).astype(np.float32)
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
+              callbacks=[setter, _GuardedStopOnRequest(event)])
+    assert setter.begun == [0, 1, 2] and int(model.optimizer.iterations) == 3
+
+
+def test_the_epoch_recorder_counts_batches_as_they_begin():
+    """Batch-end hooks may run out of order on Keras' callback threads (off TensorFlow); the count comes from the
+    batch-begin hooks, which run in order on the main thread."""
+    recorder = model_trainer.EpochRecorder([])
+    recorder.on_epoch_begin(0)
+    for batch in range(10):
+        recorder.on_train_batch_begin(batch)
+    for batch in (9, 3):  # late hooks of earlier batches change nothing
+        recorder.on_train_batch_end(batch)
+    assert recorder._batches == 10
+
+
 def test_the_stoppers_set_stop_training_without_reading_callback_model():
     fit_model = types.SimpleNamespace(stop_training=False)
     event = threading.Event()
@@ -398,6 +432,7 @@ def test_the_looper_trains_on_jax_without_tensorflow_and_records_the_device(tmp_
     assert metrics["device"] == "jax CPU"
     history = json.loads((path.parent / "history.json").read_text())
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert [(h["batches"], h["partial"]) for h in history] == [(history[0]["steps"], False)] * 2
     assert metrics["test_accuracy"] > 0.5  # synthetic data is learnable (1.0 after 2 epochs)
 
 

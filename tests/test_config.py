@@ -350,8 +350,8 @@ def test_tensorflow_only_switches_are_refused_on_another_keras_backend(tmp_path,
     with pytest.raises(ConfigErrors) as info:
         parse_config(raw)
     assert [str(e) for e in info.value.errors] == [
-        "training.distribute: tf.distribute strategies need the TensorFlow backend, and Keras runs on torch here "
-        "(KERAS_BACKEND); set it to null",
-        "training.tensorboard: the TensorBoard summaries need the TensorFlow backend, and Keras runs on torch here "
-        "(KERAS_BACKEND); set it to false"]
+        "training.distribute: tf.distribute strategies need the TensorFlow backend, and Keras runs on torch here; "
+        "set it to null",
+        "training.tensorboard: the TensorBoard summaries need the TensorFlow backend, and Keras runs on torch here; "
+        "set it to false"]
     parse_config(GOOD)  # nothing else changes
