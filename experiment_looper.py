@@ -141,7 +141,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def compute_device() -> str:
     """What trains, for the run's metrics: the Keras backend and its first device, e.g. 'tensorflow CPU' or
-    'jax NVIDIA H100 80GB HBM3'."""
+    'jax NVIDIA H100 80GB HBM3, matmul precision default'."""
     import keras
 
     backend = keras.backend.backend()
@@ -149,7 +149,11 @@ def compute_device() -> str:
         import jax
 
         device = jax.devices()[0]
-        return f"jax {device.device_kind if device.platform == 'gpu' else device.platform.upper()}"
+        if device.platform != "gpu":
+            return f"jax {device.platform.upper()}"
+        # float32 matmuls and convolutions run in TF32 on NVIDIA GPUs at JAX's default precision
+        # (JAX_DEFAULT_MATMUL_PRECISION=highest for float32 throughout)
+        return f"jax {device.device_kind}, matmul precision {jax.config.jax_default_matmul_precision or 'default'}"
     if backend == "tensorflow":
         import tensorflow as tf
 

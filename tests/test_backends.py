@@ -485,13 +485,13 @@ def test_stop_requests_and_nan_stops_on_jax():
     assert "stop checks passed" in proc.stdout
 
 
-def _two_train_steps(inputs, output):
-    """Build the conv2 model of configs/conv2.yaml, load the weights saved in `inputs`, compile it as the looper
-    does and train two steps on the batch in `inputs`; save the step outputs and the weights to `output`."""
+def _two_train_steps(name, inputs, output):
+    """Build the model of configs/<name>.yaml, load the weights saved in `inputs`, compile it as the looper does
+    and train two steps on the batch in `inputs`; save the step outputs and the weights to `output`."""
     import config as config_lib
     import run_folder
 
-    cfg, _ = config_lib.load_config(ROOT / "configs" / "conv2.yaml", ["data.source=synthetic"])
+    cfg, _ = config_lib.load_config(ROOT / "configs" / f"{name}.yaml", ["data.source=synthetic"])
     model = run_folder.build_run_model(cfg, cfg.base_seed, 0)
     data = np.load(inputs)
     model.set_weights([data[f"w{i}"] for i in range(len(model.get_weights()))])
@@ -507,20 +507,21 @@ def _two_train_steps(inputs, output):
 
 @needs_jax
 @on_tensorflow
-def test_two_train_steps_agree_on_tensorflow_and_jax(tmp_path):
+@pytest.mark.parametrize("name", ["conv2", "resnet20"])  # masked convolutions; and batch normalisation
+def test_two_train_steps_agree_on_tensorflow_and_jax(name, tmp_path):
     import config as config_lib
     import run_folder
 
-    cfg, _ = config_lib.load_config(ROOT / "configs" / "conv2.yaml", ["data.source=synthetic"])
+    cfg, _ = config_lib.load_config(ROOT / "configs" / f"{name}.yaml", ["data.source=synthetic"])
     initial = run_folder.build_run_model(cfg, cfg.base_seed, 0).get_weights()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 32, 32, 3)).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 32)]
     np.savez(tmp_path / "inputs.npz", x=x, y=y, **{f"w{i}": w for i, w in enumerate(initial)})
 
-    _two_train_steps(tmp_path / "inputs.npz", tmp_path / "tensorflow.npz")
-    code = "import test_backends\ntest_backends._two_train_steps(sys.argv[1], sys.argv[2])"
-    _jax_python(code, tmp_path / "inputs.npz", tmp_path / "jax.npz")
+    _two_train_steps(name, tmp_path / "inputs.npz", tmp_path / "tensorflow.npz")
+    code = "import test_backends\ntest_backends._two_train_steps(sys.argv[1], sys.argv[2], sys.argv[3])"
+    _jax_python(code, name, tmp_path / "inputs.npz", tmp_path / "jax.npz")
     tf_run, jax_run = np.load(tmp_path / "tensorflow.npz"), np.load(tmp_path / "jax.npz")
 
     assert (str(tf_run["backend"]), str(jax_run["backend"])) == ("tensorflow", "jax")

@@ -90,6 +90,18 @@ def test_every_entry_is_whole():
         assert entry["reports"] is None or entry["reports"] in ledger.PAPER_RESULTS
 
 
+def test_only_a_runs_last_epoch_may_be_partial_in_the_ledger():
+    """fit never begins an epoch after one it cut short, and a resumed run's history comes from a checkpoint,
+    which holds complete epochs only: an epoch followed by another ran all its batches."""
+    for history_file in ledger.LEDGER.glob(f"*/run_*/{run_folder.HISTORY}"):
+        history = json.loads(history_file.read_text())
+        previous = 0
+        for record in history[:-1]:
+            assert not record["partial"] and record["batches"] == record["steps"] - previous, \
+                (history_file, record["epoch"])
+            previous = record["steps"]
+
+
 def test_every_entry_command_gives_the_entry_under_todays_code(home_with_archives, monkeypatch):
     """The command an entry records, run today, would train the entry's configuration: it is accepted, its config
     validates, and one of the configurations it resolves to has the entry's identity (a changed shipped config or
