@@ -26,9 +26,9 @@ from typing import Any, Optional, Union
 import yaml
 
 import architectures
+import backends
 import data_preprocessor
 import hparams
-import tf_logs
 from hparams import InitSpec, OptimizerSpec, ScheduleSpec, rule
 from paper_results import BASELINE_SUFFIX, PAPER_RESULTS, baseline_of
 
@@ -293,11 +293,11 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                 errors.append(ConfigError(f"model.{key}", f"file {path} (run {run}) does not exist; create it "
                                                           f"with init_example.py"))
                 break
-    if cfg.training.jit_compile and cfg.training.deterministic and tf_logs.keras_backend_name() == "tensorflow":
+    if cfg.training.jit_compile and cfg.training.deterministic and backends.configured() == backends.TENSORFLOW:
         errors.append(ConfigError("training.jit_compile", "Keras turns XLA off while TF op determinism is on; set "
                                                           "training.deterministic: false to compile with XLA"))
-    backend = tf_logs.keras_backend_name()
-    if backend != "tensorflow":
+    backend = backends.configured()
+    if backend != backends.TENSORFLOW:
         for key, what in (("distribute", "tf.distribute strategies"), ("tensorboard", "the TensorBoard summaries")):
             if getattr(cfg.training, key):
                 errors.append(ConfigError(f"training.{key}", f"{what} need the TensorFlow backend, and Keras runs "

@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+import backends
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -718,13 +720,6 @@ def _numpy_test_pipeline(x, y, batch_size):
     return TestBatches()
 
 
-def uses_tf_data() -> bool:
-    """True on Keras' TensorFlow backend (tf.data pipelines), False on the others (numpy pipelines)."""
-    import keras
-
-    return keras.backend.backend() == "tensorflow"
-
-
 def _test_pipeline(x, y, batch_size):
     import tensorflow as tf
 
@@ -793,7 +788,7 @@ def load_dataset(
     y_train = _encode_labels(y_train, label_format, info.num_classes)
     y_test = _encode_labels(y_test, label_format, info.num_classes)
 
-    train_stream, test_pipeline = ((_train_stream, _test_pipeline) if uses_tf_data()
+    train_stream, test_pipeline = ((_train_stream, _test_pipeline) if backends.on_tensorflow()
                                    else (_numpy_train_stream, _numpy_test_pipeline))
     stream = train_stream(x_train, y_train, batch_size, seed, bool(augment), flat_shape, shuffle=bool(shuffle))
     test = test_pipeline(x_test, y_test, batch_size)

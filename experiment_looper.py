@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import backends
 import config as config_lib
 import data_preprocessor
 import hparams
@@ -130,7 +131,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if not deterministic:
         return
-    if keras.backend.backend() == "tensorflow":
+    if backends.on_tensorflow():
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()

@@ -38,6 +38,7 @@ from typing import Any
 import keras
 import numpy as np
 
+import backends
 from custom_layers import mask_statistics, masked_layers
 from data_preprocessor import LABEL_FORMATS
 from hparams import OPTIMIZERS, SCHEDULES, OptimizerSpec, ScheduleSpec
@@ -144,7 +145,7 @@ def compile_model(model, optimizer, *, label_format: str = "one_hot", jit_compil
     if label_format not in LABEL_FORMATS:
         raise ValueError(f"label_format must be one of {', '.join(LABEL_FORMATS)}; got {label_format!r}")
     loss = "categorical_crossentropy" if label_format == "one_hot" else "sparse_categorical_crossentropy"
-    jit = bool(jit_compile) if keras.backend.backend() == "tensorflow" else "auto"
+    jit = bool(jit_compile) if backends.on_tensorflow() else "auto"
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit)
 
 

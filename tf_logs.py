@@ -15,32 +15,20 @@ On another Keras backend (KERAS_BACKEND=jax or torch, or keras.json) it imports 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
+
+import backends
 
 NOISE = ("All log messages before absl::InitializeLog() is called are written to STDERR",
          "oneDNN custom operations are on")
 
 
-def keras_backend_name() -> str:
-    """The backend Keras will use, read as Keras reads it but without importing Keras (which imports the backend):
-    KERAS_BACKEND, else the "backend" of $KERAS_HOME/keras.json (default ~/.keras/keras.json), else tensorflow."""
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    try:
-        with open(os.path.join(home, "keras.json")) as f:
-            return str(json.load(f).get("backend") or "tensorflow")
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
-
-
 def import_tensorflow():
     """Import TensorFlow (once) with its start-up noise filtered out; returns the module, or None when Keras runs
-    on another backend (keras_backend_name: KERAS_BACKEND, else keras.json)."""
-    if keras_backend_name() != "tensorflow":
+    on another backend (backends.configured: KERAS_BACKEND, else keras.json)."""
+    if backends.configured() != backends.TENSORFLOW:
         return None
     if os.environ.get("SUPERMASK_TF_LOGS"):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import pytest
 
+import backends
 import data_preprocessor as dp
 import experiment_looper
 import model_trainer
@@ -180,10 +181,10 @@ def _rows_sorted(a):
 
 @on_tensorflow
 def test_a_numpy_bundle_has_the_shape_steps_and_data_of_the_tf_data_bundle(monkeypatch):
-    assert dp.uses_tf_data()
+    assert backends.on_tensorflow()
     kwargs = dict(batch_size=32, synthetic_train=100, synthetic_test=40, seed=3)
     tf_bundle = dp.load_dataset("mnist", "synthetic", **kwargs)
-    monkeypatch.setattr(dp, "uses_tf_data", lambda: False)
+    monkeypatch.setattr(backends, "on_tensorflow", lambda: False)
     bundle = dp.load_dataset("mnist", "synthetic", **kwargs)
     assert bundle.input_shape == tf_bundle.input_shape == (784,)
     assert bundle.steps_per_epoch == tf_bundle.steps_per_epoch == 4 and bundle.n_train == 100
@@ -215,7 +216,7 @@ def test_a_numpy_bundle_has_the_shape_steps_and_data_of_the_tf_data_bundle(monke
 
 
 def test_an_augmented_numpy_bundle_keeps_the_image_shape(monkeypatch):
-    monkeypatch.setattr(dp, "uses_tf_data", lambda: False)
+    monkeypatch.setattr(backends, "on_tensorflow", lambda: False)
     bundle = dp.load_dataset("cifar10", "synthetic", batch_size=16, augment=True, synthetic_train=40,
                              synthetic_test=8, seed=1)
     assert bundle.input_shape == (32, 32, 3) and bundle.steps_per_epoch == 3

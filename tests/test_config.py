@@ -335,18 +335,18 @@ def test_a_problem_shared_by_several_sweep_combinations_is_reported_once():
 
 
 def test_tensorflow_only_switches_are_refused_on_another_keras_backend(tmp_path, monkeypatch):
-    import tf_logs
+    import backends
 
     raw = _with("training.tensorboard", True)
     raw["training"]["distribute"] = "mirrored"
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
-    assert tf_logs.keras_backend_name() == "tensorflow"  # no keras.json: Keras' default
+    assert backends.configured() == "tensorflow"  # no keras.json: Keras' default
     parse_config(raw)
     (tmp_path / "keras.json").write_text('{"backend": "jax", "floatx": "float32"}')
-    assert tf_logs.keras_backend_name() == "jax"
+    assert backends.configured() == "jax"
     monkeypatch.setenv("KERAS_BACKEND", "torch")  # the variable wins over keras.json, as in Keras
-    assert tf_logs.keras_backend_name() == "torch"
+    assert backends.configured() == "torch"
     with pytest.raises(ConfigErrors) as info:
         parse_config(raw)
     assert [str(e) for e in info.value.errors] == [
