@@ -136,9 +136,12 @@ class DataUnavailableError(RuntimeError):
     """
 
     def __init__(self, reason: str, hint: str = ""):
-        super().__init__(f"{reason} {hint}".strip())
+        super().__init__(reason, hint)  # both in args: a pickled copy keeps them apart
         self.reason = reason
         self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.reason} {self.hint}".strip()
 
 
 # --------------------------------------------------------------------------------------
@@ -700,6 +703,8 @@ def _numpy_train_stream(x, y, batch_size, seed, augment, flat_shape, shuffle=Tru
 
 
 def _numpy_test_pipeline(x, y, batch_size):
+    """The test set off TensorFlow: a keras.utils.PyDataset of `batch_size` batches in file order (the last one
+    smaller), which Keras can evaluate every epoch."""
     import keras
 
     class TestBatches(keras.utils.PyDataset):

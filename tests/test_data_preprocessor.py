@@ -626,3 +626,12 @@ def test_every_epoch_is_a_pure_function_of_seed_and_epoch(name):
 def test_epoch_permutation_is_a_permutation():
     order = dp.epoch_permutation(tf.range(1000, dtype=tf.int64), 1000, seed=3, epoch=7).numpy()
     assert sorted(order.tolist()) == list(range(1000)) and not np.array_equal(order, np.arange(1000))
+
+
+def test_a_data_error_keeps_its_reason_and_hint_apart_through_pickling():
+    import pickle
+
+    error = pickle.loads(pickle.dumps(dp.DataUnavailableError("no mnist.npz in /x.", "Use --data-dir.")))
+    assert (error.reason, error.hint, str(error)) == ("no mnist.npz in /x.", "Use --data-dir.",
+                                                      "no mnist.npz in /x. Use --data-dir.")
+    assert str(dp.DataUnavailableError("only a reason.")) == "only a reason."
