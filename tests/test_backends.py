@@ -319,6 +319,18 @@ def test_the_epoch_recorder_counts_batches_as_they_begin():
     assert recorder._batches == 10
 
 
+def _nan_stopper_in_epoch(epoch, *, steps):
+    """A StopOnNonFinite on a model-like object (reading Callback.model fails), inside epoch `epoch` (0-based) of
+    `steps` batches."""
+    fit_model = types.SimpleNamespace(stop_training=False)
+    nan_stopper = _GuardedStopOnNonFinite()
+    nan_stopper.set_model(fit_model)
+    nan_stopper.set_params({"steps": steps})
+    nan_stopper.on_train_begin()
+    nan_stopper.on_epoch_begin(epoch)
+    return fit_model, nan_stopper
+
+
 def test_the_stoppers_set_stop_training_without_reading_callback_model():
     fit_model = types.SimpleNamespace(stop_training=False)
     event = threading.Event()
@@ -336,12 +348,7 @@ def test_the_stoppers_set_stop_training_without_reading_callback_model():
         getattr(stopper, hook)(1, {})
         assert fit_model.stop_training is True, hook
 
-    fit_model = types.SimpleNamespace(stop_training=False)
-    nan_stopper = _GuardedStopOnNonFinite()
-    nan_stopper.set_model(fit_model)
-    nan_stopper.set_params({"steps": 5})
-    nan_stopper.on_train_begin()
-    nan_stopper.on_epoch_begin(1)
+    fit_model, nan_stopper = _nan_stopper_in_epoch(1, steps=5)
     nan_stopper.on_batch_end(1, {"loss": 0.5})
     assert fit_model.stop_training is False and not nan_stopper.triggered
     nan_stopper.on_batch_end(2, {"loss": float("nan")})
@@ -351,12 +358,7 @@ def test_the_stoppers_set_stop_training_without_reading_callback_model():
 
 def test_the_earliest_non_finite_batch_is_recorded_when_hooks_run_out_of_order(caplog):
     """Off TensorFlow Keras runs batch-end hooks on a pool of threads: a later batch's hook may run first."""
-    fit_model = types.SimpleNamespace(stop_training=False)
-    nan_stopper = _GuardedStopOnNonFinite()
-    nan_stopper.set_model(fit_model)
-    nan_stopper.set_params({"steps": 10})
-    nan_stopper.on_train_begin()
-    nan_stopper.on_epoch_begin(0)
+    fit_model, nan_stopper = _nan_stopper_in_epoch(0, steps=10)
     with caplog.at_level("WARNING", logger="model_trainer"):
         nan_stopper.on_batch_end(6, {"loss": float("inf")})
         nan_stopper.on_batch_end(3, {"loss": float("nan")})
