@@ -652,8 +652,8 @@ def train(model, data, *, optimizer: OptimizerSpec = OptimizerSpec(), schedule: 
 
     checkpoint: a file path. When it exists, training resumes from it (`CheckpointError` if it does not fit);
     otherwise it is written every `checkpoint_every` epochs (`EpochCheckpoint`). The caller removes it when the
-    run's results are saved. stop_event: once set, fit ends after the current step and `train` raises
-    KeyboardInterrupt (the checkpoint keeps the last complete epoch).
+    run's results are saved. stop_event: once set, fit ends after the current step (off TensorFlow at most one step
+    later, see StopOnRequest) and `train` raises KeyboardInterrupt (the checkpoint keeps the last complete epoch).
 
     Returns status "failed" (with the history so far, the last epoch marked partial) if the training loss
     becomes NaN or inf.
