@@ -293,10 +293,10 @@ def _cross_checks(cfg: ExperimentConfig, base_dir: Path, errors: list[ConfigErro
                 errors.append(ConfigError(f"model.{key}", f"file {path} (run {run}) does not exist; create it "
                                                           f"with init_example.py"))
                 break
-    if cfg.training.jit_compile and cfg.training.deterministic and backends.configured() == backends.TENSORFLOW:
+    backend = backends.configured()
+    if cfg.training.jit_compile and cfg.training.deterministic and backend == backends.TENSORFLOW:
         errors.append(ConfigError("training.jit_compile", "Keras turns XLA off while TF op determinism is on; set "
                                                           "training.deterministic: false to compile with XLA"))
-    backend = backends.configured()
     if backend != backends.TENSORFLOW:
         for key, what in (("distribute", "tf.distribute strategies"), ("tensorboard", "the TensorBoard summaries")):
             if getattr(cfg.training, key):

@@ -41,6 +41,7 @@ report one row (a released recipe and a found one: a line each), a baseline row 
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import json
 import math
@@ -336,10 +337,7 @@ DEVICE_NOT_RECORDED = "tensorflow, device not recorded"
 def run_devices(entry: dict) -> str:
     """Where an entry's runs trained, each device with its run count in the order of the runs, e.g.
     "tensorflow CPU ×1, jax NVIDIA H100 80GB HBM3 ×1"."""
-    counts: dict[str, int] = {}
-    for r in entry.get("runs", []):
-        device = r.get("device") or DEVICE_NOT_RECORDED
-        counts[device] = counts.get(device, 0) + 1
+    counts = collections.Counter(r.get("device") or DEVICE_NOT_RECORDED for r in entry.get("runs", []))
     return ", ".join(f"{device} ×{n}" for device, n in counts.items()) or "–"
 
 
