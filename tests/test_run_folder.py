@@ -40,7 +40,7 @@ def _cfg(**sections):
 # A change of any of these names is a decision (it orphans users' results folders), not an accident.
 PINNED = {
     "conv2.yaml": "conv2-f3384725", "conv2_baseline.yaml": "conv2_baseline-2ae0f4f1",
-    "conv2_found.yaml": "conv2_found-0b85cf39",
+    "conv2_found.yaml": "conv2_found-0b85cf39", "conv4_found.yaml": "conv4_found-8dc64114",
     "conv4.yaml": "conv4-baf15bc3", "conv4_baseline.yaml": "conv4_baseline-7b437d32",
     "conv6.yaml": "conv6-e653ddc2", "conv6_baseline.yaml": "conv6_baseline-479587a2",
     "conv8.yaml": "conv8-1168d932", "conv8_baseline.yaml": "conv8_baseline-c2333535",
