@@ -329,7 +329,7 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
     """Validate a raw mapping into an ExperimentConfig (sweep values are validated per combination)."""
     errors: list[ConfigError] = []
     _require_mapping(raw, source)
-    cfg = _build("", ExperimentConfig, raw, errors)
+    cfg = _build("", ExperimentConfig, complete_preset_mappings(raw, errors), errors)
     if cfg is not None and not errors:
         _cross_checks(cfg, Path(base_dir), errors)
     if cfg is not None and cfg.sweep is not None and not errors:
@@ -337,6 +337,7 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
         for combo in expand_sweep(cfg.sweep, errors):
             sub_errors: list[ConfigError] = []
             child = apply_overrides(strip_sweep(raw), combo, sub_errors)
+            child = complete_preset_mappings(child, sub_errors)
             sub = None if sub_errors else _build("", ExperimentConfig, child, sub_errors)
             if sub is not None and not sub_errors:
                 _cross_checks(sub, Path(base_dir), sub_errors)
@@ -462,6 +463,26 @@ def _preset_fields(raw: dict, key: str, value, errors: list[ConfigError]) -> dic
         return None
 
 
+def complete_preset_mappings(raw: dict, errors: list[ConfigError]) -> dict:
+    """`raw` with each preset key given as a partial mapping (`model.mask_init: {scaling: he}`) completed from the
+    key's default, as `--set model.mask_init.scaling=he` completes it: the fields not named keep the default
+    preset's (xavier_uniform's uniform distribution for the masks), never InitSpec's own defaults."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict):
+        return raw
+    done = None
+    for key in _PRESET_KEYS:
+        name = key.split(".", 1)[1]
+        given = model.get(name)
+        if not isinstance(given, dict) or not set(given) < {f.name for f in dataclasses.fields(InitSpec)}:
+            continue  # a preset name, a full mapping, or unknown keys that the schema will name
+        default = _preset_fields(raw, key, None, errors)
+        if default is not None:
+            done = done or {**raw, "model": dict(model)}
+            done["model"][name] = {**default, **given}
+    return done or raw
+
+
 def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigError] | None = None) -> dict:
     """A copy of `raw` with dotted keys set. Absent intermediate mappings are created; a preset name
     (`model.mask_init: he_uniform`) becomes the mapping of its fields when one of them is set, so that
@@ -567,20 +588,28 @@ def flat_items(cfg) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------
 # Reference
 # --------------------------------------------------------------------------------------------------------------
-def schema_fields(cls=ExperimentConfig, prefix: str = "") -> list[tuple[str, dataclasses.Field, Any]]:
+def schema_fields(cls=ExperimentConfig, prefix: str = "", defaults=None) -> list[tuple[str, dataclasses.Field, Any]]:
     """[(dotted key, field, default)] of every key a config may hold, sections and sub-keys of InitSpec mappings
-    included, in declaration order."""
+    included, in declaration order. A preset key's sub-keys show the fields of its default preset (what a partial
+    mapping is completed from; for weight_init, a Supermask's)."""
     out = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         path = f"{prefix}{field.name}"
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if defaults is not None:
+            default = getattr(defaults, field.name)
+        else:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         tp = hints[field.name]
         arms = typing.get_args(tp) if typing.get_origin(tp) is Union else (tp,)
         nested = [a for a in arms if dataclasses.is_dataclass(a)]
         out.append((path, field, default))
         for arm in nested:
-            out += schema_fields(arm, path + ".")
+            preset = None
+            if path in _PRESET_KEYS:
+                preset = hparams.init_spec(default if default is not None else hparams.DEFAULT_WEIGHT_INIT[True],
+                                           _PRESET_KEYS[path])
+            out += schema_fields(arm, path + ".", preset)
     return out
 
 

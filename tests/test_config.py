@@ -202,6 +202,24 @@ def test_an_override_inside_a_preset_changes_that_preset(tmp_path):
     assert children == [InitSpec("uniform", "elu", 0.5), InitSpec("uniform", "elu", 2.0)]
 
 
+def test_a_partial_init_mapping_is_completed_from_its_keys_default_preset():
+    """`mask_init: {scaling: he}` in a YAML file means what `--set model.mask_init.scaling=he` means: xavier_uniform
+    with he scaling, not InitSpec's own defaults (a signed constant, whose equal |m| would keep every weight at
+    tau); the same for a sweep's value, and for a baseline's weight_init (from elu_uniform)."""
+    assert parse_config(_with("model.mask_init", {"scaling": "he"})).model.mask_init == InitSpec("uniform", "he")
+    baseline = _with("model.weight_init", {"factor": 2})
+    baseline["model"]["mask_mode"] = "none"
+    assert parse_config(baseline).model.weight_init == InitSpec("uniform", "elu", 2.0)
+    assert parse_config(_with("model.weight_init", {"factor": 2})).model.weight_init == InitSpec(
+        "signed_constant", "elus", 2.0)
+    sweep = _with("sweep", {"grid": {"model.mask_init": [{"scaling": "he"}, "elu_uniform"]}})
+    cfg = parse_config(sweep)
+    children = [child.model.mask_init for _, child, _ in config_lib.combinations(cfg, sweep)]
+    assert children == [InitSpec("uniform", "he"), "elu_uniform"]
+    with pytest.raises(ConfigErrors, match="model.mask_init.scalin: unknown key"):
+        parse_config(_with("model.mask_init", {"scalin": "he"}))
+
+
 @pytest.mark.parametrize("raw, sets, cli, fragment", [
     ([1, 2], [], {"runs": 2}, "the top level must be a mapping of keys, got list"),
     (_with("model", "conv6"), ["model.threshold_fraction=0.5"], {},
