@@ -45,7 +45,7 @@ PINNED = {
     "conv6.yaml": "conv6-e653ddc2", "conv6_baseline.yaml": "conv6_baseline-479587a2",
     "conv8.yaml": "conv8-1168d932", "conv8_baseline.yaml": "conv8_baseline-c2333535",
     "fcn.yaml": "fcn-965ff8d5", "fcn_baseline.yaml": "fcn_baseline-4968bcef",
-    "fcn_from_files.yaml": "fcn_from_files-44136fa3", "fcn_released.yaml": "fcn_released-c88d2b54",
+    "fcn_from_files.yaml": "fcn_from_files-965ff8d5", "fcn_released.yaml": "fcn_released-c88d2b54",
     "resnet20.yaml": "resnet20-3ce8f7f0", "resnet20_baseline.yaml": "resnet20_baseline-8de577c4",
     "resnet20x2.yaml": "resnet20x2-b3649153", "resnet20x2_baseline.yaml": "resnet20x2_baseline-5ebcc8cf",
     "resnet20x3.yaml": "resnet20x3-3efbb05c", "resnet20x3_baseline.yaml": "resnet20x3_baseline-f1c63570",
