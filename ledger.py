@@ -67,12 +67,14 @@ TABLE_MARKERS = ("<!-- ledger:status:begin -->", "<!-- ledger:status:end -->")
 ENTRIES_MARKERS = ("<!-- ledger:entries:begin -->", "<!-- ledger:entries:end -->")
 # Why a row has no measurement here (the machine this ledger was made on: 2 CPU cores, no GPU, no CIFAR-100).
 NOT_RUN = {  # hours: training steps alone at the speed measured in docs/speed.md ("What a full run costs")
-    "conv6": "not run: ≥ 6 h per run on this CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
-    "conv8": "not run: ≥ 8 h per run on this CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
-    "resnet20x2": "not run: ≥ 11 h per run on this CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
-    "resnet20x3": "not run: ≥ 20 h per run on this CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
-    "resnet56": "not run: CIFAR-100 is not on this machine; `configs/resnet56.yaml` with tfds or the archive",
-    "resnet110": "not run: CIFAR-100 is not on this machine; `configs/resnet110.yaml` with tfds or the archive",
+    "conv6": "not run: ≥ 6 h per run on a 2-core CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
+    "conv8": "not run: ≥ 8 h per run on a 2-core CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
+    "resnet20x2": "not run: ≥ 11 h per run on a 2-core CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
+    "resnet20x3": "not run: ≥ 20 h per run on a 2-core CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
+    "resnet56": "not run: CIFAR-100 was not on the machine that made this ledger; `configs/resnet56.yaml` with tfds "
+                 "or the archive",
+    "resnet110": "not run: CIFAR-100 was not on the machine that made this ledger; `configs/resnet110.yaml` with tfds "
+                  "or the archive",
 }
 
 

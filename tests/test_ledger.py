@@ -224,7 +224,7 @@ def test_status_words_against_the_papers_intervals():
         "outside: remaining; baseline not run yet"
     assert ledger.row_status("resnet20", _entry(80.68, 20.0), _entry(84.91, 100, mode="none")).startswith(
         "measured (no interval in the paper; Δ acc -1.00, Δ base +0.00")
-    assert ledger.row_status("resnet56", None, None).startswith("not run: CIFAR-100 is not on this machine")
+    assert ledger.row_status("resnet56", None, None).startswith("not run: CIFAR-100 was not on the machine")
 
 
 def test_a_value_is_printed_with_the_digits_its_verdict_needs():
