@@ -491,7 +491,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigErr
     raw = copy.deepcopy(raw)
     problems: list[ConfigError] = []
     inside_preset = tuple(f"{k}." for k in _PRESET_KEYS)
-    # Keys inside a preset last, so that a mask_mode set alongside decides weight_init's default.
+    # Keys inside a preset last, so that a preset named alongside (model.mask_init=he_uniform) is the one they change.
     for key, value in sorted(overrides.items(), key=lambda kv: kv[0].startswith(inside_preset)):
         if not key:  # a --set that parse_override already refused
             continue
@@ -499,12 +499,12 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigErr
         for depth, part in enumerate(parts[:-1]):
             path = ".".join(parts[:depth + 1])
             current = node.get(part)
-            if path in _PRESET_KEYS and not isinstance(current, dict):
+            if path in _PRESET_KEYS and isinstance(current, str):
                 current = _preset_fields(raw, path, current, problems)
                 if current is None:
                     break
-            elif current is None:
-                current = {}
+            elif current is None:  # an absent preset key too: completed from its default when parsed, per
+                current = {}       # sweep combination (a swept mask_mode decides weight_init's default)
             elif not isinstance(current, dict):
                 problems.append(ConfigError(path, f"is {current!r}, not a mapping, so {key} cannot be set; give "
                                                   f"{path} as a mapping of keys"))
@@ -512,7 +512,7 @@ def apply_overrides(raw: dict, overrides: dict[str, Any], errors: list[ConfigErr
             node[part] = current
             node = current
         else:
-            node[parts[-1]] = value
+            node[parts[-1]] = copy.deepcopy(value)  # a sweep's mapping value stays the sweep's
     if problems and errors is None:
         raise ConfigErrors(problems)
     if errors is not None:
@@ -633,7 +633,9 @@ REFERENCE_HEADER = (
     "Sections: top-level experiment keys, `data`, `model`, `training`, and an optional `sweep`. Sweep keys are "
     "dotted paths (`model.threshold_fraction`); each combination is validated like a config of its own. Sweep keys "
     "and `--set KEY=VALUE` may name a field of an init preset: `model.mask_init.factor=0.5` on `mask_init: "
-    "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default). A `--set` of a key "
+    "he_uniform` scales he_uniform (an absent weight_init stands for its mask mode's default). A partial mapping "
+    "in the file (`mask_init: {scaling: he}`) is completed the same way, from the key's default preset: the "
+    "sub-key defaults below (weight_init's are a Supermask's; a baseline's come from elu_uniform). A `--set` of a key "
     "the sweep sets (or of one below it) is refused: the sweep's values would replace it in every combination. "
     "`paper` must name a row of the config's dataset and kind (a `_baseline` row for mask_mode none), and the "
     "local source's archive must be in data_dir.\n")

@@ -180,6 +180,9 @@ def init_spec(value, presets: dict[str, InitSpec]) -> InitSpec:
             raise ValueError(f"unknown init preset {value!r}{renamed}; allowed: {', '.join(presets)}")
         return presets[value]
     if isinstance(value, dict):
+        if not {"distribution", "scaling"} <= set(value):  # else InitSpec's defaults would fill in silently
+            raise ValueError(f"an init mapping names its distribution and scaling (factor may be left out), got "
+                             f"{value!r}; or name a preset: {', '.join(presets)}")
         return InitSpec(**value)
     raise TypeError(f"cannot make an InitSpec from {value!r}")
 

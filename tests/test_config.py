@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import config as config_lib
+import hparams
 from config import ConfigErrors, SweepConfig, expand_sweep, load_config, parse_config
 from hparams import InitSpec
 from paper_results import BASELINE_SUFFIX
@@ -218,6 +219,34 @@ def test_a_partial_init_mapping_is_completed_from_its_keys_default_preset():
     assert children == [InitSpec("uniform", "he"), "elu_uniform"]
     with pytest.raises(ConfigErrors, match="model.mask_init.scalin: unknown key"):
         parse_config(_with("model.mask_init", {"scalin": "he"}))
+
+
+def test_a_set_inside_an_absent_init_key_is_completed_per_sweep_combination(tmp_path):
+    """`--set model.weight_init.factor=2` under a sweep of mask_mode: each combination's weight_init comes from
+    its own mode's default (the baseline's elu_uniform, the Supermask's elus), as the same partial mapping written
+    in the file does; and a sweep's mapping value is not changed by a sub-key swept beside it."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_with("sweep", {"grid": {"model.mask_mode": ["signed", "none"]}})))
+    cfg, raw = load_config(path, ["model.weight_init.factor=2"])
+    inits = {combo["model.mask_mode"]: child.model.weight_init
+             for combo, child, _ in config_lib.combinations(cfg, raw)}
+    assert inits == {"signed": InitSpec("signed_constant", "elus", 2.0), "none": InitSpec("uniform", "elu", 2.0)}
+    value = {"distribution": "uniform", "scaling": "he"}
+    sweep = _with("sweep", {"grid": {"model.mask_init": [value], "model.mask_init.factor": [0.5, 2.0]}})
+    cfg = parse_config(sweep)
+    children = config_lib.combinations(cfg, sweep)
+    assert [child.model.mask_init.factor for _, child, _ in children] == [0.5, 2.0]
+    assert [combo["model.mask_init"] for combo, _, _ in children] == [value, value]
+    assert sweep["sweep"]["grid"]["model.mask_init"] == [{"distribution": "uniform", "scaling": "he"}]
+
+
+def test_the_library_refuses_an_init_mapping_without_distribution_and_scaling():
+    """Outside a config no preset key says what a partial mapping would be completed from: it is refused rather
+    than filled with InitSpec's signed constant."""
+    assert hparams.init_spec({"distribution": "uniform", "scaling": "he"}, hparams.MASK_PRESETS) == InitSpec(
+        "uniform", "he")
+    with pytest.raises(ValueError, match="names its distribution and scaling"):
+        hparams.init_spec({"scaling": "he"}, hparams.MASK_PRESETS)
 
 
 @pytest.mark.parametrize("raw, sets, cli, fragment", [
