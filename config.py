@@ -325,11 +325,16 @@ def resolve_run_file(pattern: str, run: int, base_dir: Path | None = None) -> Pa
     return path if path.is_absolute() or base_dir is None else (base_dir / path)
 
 
+def _build_config(raw: dict, errors: list[ConfigError]) -> ExperimentConfig | None:
+    """The ExperimentConfig of a raw mapping, its partial init mappings completed first (None after an error)."""
+    return _build("", ExperimentConfig, complete_preset_mappings(raw, errors), errors)
+
+
 def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config") -> ExperimentConfig:
     """Validate a raw mapping into an ExperimentConfig (sweep values are validated per combination)."""
     errors: list[ConfigError] = []
     _require_mapping(raw, source)
-    cfg = _build("", ExperimentConfig, complete_preset_mappings(raw, errors), errors)
+    cfg = _build_config(raw, errors)
     if cfg is not None and not errors:
         _cross_checks(cfg, Path(base_dir), errors)
     if cfg is not None and cfg.sweep is not None and not errors:
@@ -337,8 +342,7 @@ def parse_config(raw: dict, *, base_dir: Path | str = ".", source: str = "config
         for combo in expand_sweep(cfg.sweep, errors):
             sub_errors: list[ConfigError] = []
             child = apply_overrides(strip_sweep(raw), combo, sub_errors)
-            child = complete_preset_mappings(child, sub_errors)
-            sub = None if sub_errors else _build("", ExperimentConfig, child, sub_errors)
+            sub = None if sub_errors else _build_config(child, sub_errors)
             if sub is not None and not sub_errors:
                 _cross_checks(sub, Path(base_dir), sub_errors)
             label = ", ".join(f"{k}={v}" for k, v in combo.items())

@@ -155,7 +155,7 @@ def compute_device() -> str:
         # float32 matmuls and convolutions run in TF32 on NVIDIA GPUs at JAX's default precision
         # (JAX_DEFAULT_MATMUL_PRECISION=highest for float32 throughout)
         return f"jax {device.device_kind}, matmul precision {jax.config.jax_default_matmul_precision or 'default'}"
-    if backend == "tensorflow":
+    if backend == backends.TENSORFLOW:
         import tensorflow as tf
 
         gpus = tf.config.list_logical_devices("GPU")
