@@ -138,7 +138,11 @@ def copy_config(source: Path, target: Path) -> None:
 
 def add(results: Path, *, reports: str | None, command: str, commit: str | None = None, note: str = "",
         ledger: Path = LEDGER) -> Path:
-    """Copy the finished runs of `results` into the ledger (replacing an older copy of the same entry)."""
+    """Copy the finished runs of `results` into the ledger, replacing an older copy of the same entry.
+
+    Runs of the older copy that `results` no longer holds are kept, files and record as they were: a results
+    folder lost after its first runs were entered (a fresh checkout) can still add its later runs to the entry.
+    """
     import tf_logs
 
     tf_logs.import_tensorflow()
@@ -183,6 +187,8 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
             "seconds_per_epoch": metrics["seconds_per_epoch"], "architecture": architecture,
             "device": metrics.get("device"),
         })
+    records += _kept_runs(target, {run.name for run in runs}, staging)
+    records.sort(key=lambda r: r["run"])
     stats = run_folder.summary_statistics
     entry = {
         "name": name, "reports": reports, "paper_row": cfg.paper, "command": command,
@@ -212,6 +218,19 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
         raise
     shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _kept_runs(target: Path, added: set[str], staging: Path) -> list[dict]:
+    """Copy into `staging` the run folders of the entry at `target` whose names are not in `added`; their
+    records from the entry's entry.json."""
+    if not (target / ENTRY).exists():
+        return []
+    by_run = {r["run"]: r for r in json.loads((target / ENTRY).read_text())["runs"]}
+    kept = []
+    for run in sorted(p for p in target.glob("run_*") if p.is_dir() and p.name not in added):
+        shutil.copytree(run, staging / run.name)
+        kept.append(by_run[run_folder.read_json(run / run_folder.METRICS)["run"]])
+    return kept
 
 
 def entries(ledger: Path = LEDGER) -> list[dict]:

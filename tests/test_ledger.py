@@ -4,6 +4,7 @@ status words, and (with the real MNIST) the FCN entry's artifact reproduces its 
 import json
 import re
 import shlex
+import shutil
 
 import pytest
 import yaml
@@ -183,6 +184,15 @@ def test_add_copies_a_results_folder(tmp_path, monkeypatch):
     ledger.add(directory, reports="fcn", command="again", commit="def", ledger=tmp_path / "ledger")
     assert json.loads((target / "entry.json").read_text())["code_commit"] == "def"
     assert sorted(p.name for p in (tmp_path / "ledger").iterdir() if not p.name.startswith(".")) == [target.name]
+    # a results folder that lost its first run (a fresh checkout) adds its later runs without dropping the first
+    entered = json.loads((target / "entry.json").read_text())
+    first = {f.name: f.read_bytes() for f in (target / "run_000").iterdir()}
+    shutil.rmtree(directory / "run_000")
+    ledger.add(directory, reports="fcn", command="later", commit="ghi", ledger=tmp_path / "ledger")
+    entry = json.loads((target / "entry.json").read_text())
+    assert entry["runs"] == entered["runs"] and entry["summary"] == entered["summary"]
+    assert {f.name: f.read_bytes() for f in (target / "run_000").iterdir()} == first
+    assert sorted(p.name for p in target.glob("run_*")) == ["run_000", "run_001"]
 
 
 def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
