@@ -221,14 +221,17 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
 
 
 def _kept_runs(target: Path, added: set[str], staging: Path) -> list[dict]:
-    """Copy into `staging` the run folders of the entry at `target` whose names are not in `added`; their
-    records from the entry's entry.json."""
+    """Copy into `staging` the files an entry keeps of each run of the entry at `target` whose name is not in
+    `added` (an export folder beside them stays behind); their records from the entry's entry.json."""
     if not (target / ENTRY).exists():
         return []
-    by_run = {r["run"]: r for r in json.loads((target / ENTRY).read_text())["runs"]}
+    by_run = {r["run"]: r for r in run_folder.read_json(target / ENTRY)["runs"]}
     kept = []
     for run in sorted(p for p in target.glob("run_*") if p.is_dir() and p.name not in added):
-        shutil.copytree(run, staging / run.name)
+        (staging / run.name).mkdir()
+        for file in (*KEPT_RUN_FILES, run_folder.COMPACT):
+            if (run / file).exists():  # a baseline keeps no artifact
+                shutil.copyfile(run / file, staging / run.name / file)
         kept.append(by_run[run_folder.read_json(run / run_folder.METRICS)["run"]])
     return kept
 
