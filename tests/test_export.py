@@ -3,6 +3,7 @@ mask summary, the size report and the run-directory CLI."""
 
 import json
 import math
+import re
 
 import keras
 import numpy as np
@@ -270,6 +271,18 @@ def test_mask_summary_lists_batch_norm_as_float_parameters():
     assert rows[-1]["parameters"] == kernels + norms  # counted from the model's variables
 
 
+def test_accuracy_disagreements_counts_test_images():
+    forms = {"trained": 0.7000, "compact": 0.7000, "shrunk": 0.6997}  # of 10,000: 7,000, 7,000 and 6,997 correct
+    assert export.accuracy_disagreements(forms, 10_000, recorded=0.7002) == ["shrunk: 6997 correct images, the "
+                                                                              "trained model 7000 (tolerance 2)"]
+    assert export.accuracy_disagreements(forms, 10_000, recorded=0.7002, tolerance=3) == []
+    assert export.accuracy_disagreements(forms, 10_000, recorded=0.6996, tolerance=3) == [
+        "trained: 7000 correct images of 10000, recorded 6996 (tolerance 3)"]
+    assert export.accuracy_disagreements({"trained": 0.5}, 64, recorded=None, masks_identical=False) == [
+        "the effective masks changed in the compact reload"]
+    assert export.accuracy_disagreements({"trained": 0.5}, 64, recorded=None) == []
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 def test_export_cli_on_a_run_directory(tmp_path, capsys):
     raw = {"name": "t", "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 32,
@@ -280,7 +293,15 @@ def test_export_cli_on_a_run_directory(tmp_path, capsys):
     model = trained_looking(build_run_model(cfg, 11, 0), active=0.05)
     save_weights_npz(model, run_dir / "masks.npz")
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**config_lib.to_dict(cfg), "seed": 11, "run": 0}))
-    (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "test_accuracy": 0.5}))
+    # the recorded accuracy is the trained model's on the 64 synthetic test images: the first call reads it off
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "test_accuracy": 0.0}))
+    export.main([str(run_dir), "--check-accuracy", "--no-summary", "--batch-size", "32", "--tolerance", "64"])
+    correct = round(64 * float(re.search(r"trained \(run dir\)\s+([\d.]+) %", capsys.readouterr().out).group(1)) / 100)
+    for recorded, expected in ((correct, 0), (correct + 2, 0), (correct + 3, 1)):  # the default tolerance: 2 images
+        (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "test_accuracy": recorded / 64}))
+        assert export.main([str(run_dir), "--check-accuracy", "--no-summary", "--batch-size", "32"]) == expected
+    assert f"{correct} correct images of 64, recorded {correct + 3} (tolerance 2)" in capsys.readouterr().err
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "ok", "test_accuracy": correct / 64}))
     assert export.main([str(run_dir), "--check-accuracy", "--no-summary", "--batch-size", "32"]) == 0
     text = capsys.readouterr().out
     assert "compact reloaded" in text and "effective masks identical after the compact reload: True" in text
