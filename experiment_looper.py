@@ -476,7 +476,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, help="training.epochs (e.g. 1 for a smoke run)")
     p.add_argument("--claim-timeout", type=float, default=run_folder.DEFAULT_CLAIM_TIMEOUT, metavar="SECONDS",
                    help="take over a run whose worker sent no heartbeat for this long (default "
-                        f"{run_folder.DEFAULT_CLAIM_TIMEOUT:.0f}; a dead worker on this host at once)")
+                        f"{run_folder.DEFAULT_CLAIM_TIMEOUT:.0f}, at least {run_folder.MIN_CLAIM_TIMEOUT:.0f}; "
+                        "a dead worker on this host at once)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, build the model(s), print the per-layer summary and the parameter count; "
                         "no data, no training")
@@ -538,6 +539,10 @@ def resolve(args) -> tuple[ExperimentConfig, list]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:
+        run_folder.check_claim_timeout(args.claim_timeout)
+    except ValueError as exc:
+        return _error(str(exc), 2)
     try:
         cfg, combos = resolve(args)
     except ConfigErrors as exc:

@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -607,6 +608,8 @@ def summary_statistics(values) -> dict:
 # Claims: several workers on one results folder
 # --------------------------------------------------------------------------------------------------------------
 DEFAULT_CLAIM_TIMEOUT = 600.0  # seconds without a heartbeat after which another worker takes a run over
+MIN_CLAIM_TIMEOUT = 10.0  # the shortest allowed: the heartbeat (every timeout / 10) must not spin, nor live
+                          # workers' claims look stale between two of their heartbeats
 
 
 def _pid_alive(pid: int) -> bool:
@@ -619,6 +622,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_claim_timeout(timeout: float) -> None:
+    """Raise ValueError unless timeout is a finite number of seconds, at least MIN_CLAIM_TIMEOUT."""
+    if not (math.isfinite(timeout) and timeout >= MIN_CLAIM_TIMEOUT):
+        raise ValueError(f"--claim-timeout: {timeout:g} is not allowed (a finite number of seconds, at least "
+                         f"{MIN_CLAIM_TIMEOUT:g})")
+
+
 class RunClaim:
     """The claim of one run by one worker: the file run_xxx.claim, created atomically (O_CREAT | O_EXCL) under the
     folder lock, holding {host, pid, token}; its mtime is the heartbeat (touched every timeout / 10 seconds by a
@@ -627,6 +637,7 @@ class RunClaim:
     another worker took this claim over (this worker was presumed dead): it must stop training that run."""
 
     def __init__(self, path: Path, token: str, timeout: float):
+        check_claim_timeout(timeout)
         self.path = Path(path)
         self.token = token
         self.timeout = float(timeout)
@@ -655,6 +666,7 @@ class RunClaim:
     @classmethod
     def acquire(cls, results: Path, run: int, timeout: float = DEFAULT_CLAIM_TIMEOUT) -> RunClaim | None:
         """The claim of `run`, or None when a live worker holds it."""
+        check_claim_timeout(timeout)
         path = claim_path(results, run)
         token = uuid.uuid4().hex
         with folder_lock(results):

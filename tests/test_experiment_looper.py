@@ -432,6 +432,21 @@ def test_files_that_are_no_config_exit_2(tmp_path, capsys, content, fragment):
     assert fragment in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "9.5", "nan", "inf"])
+def test_a_claim_timeout_under_the_minimum_or_not_finite_exits_2(tmp_path, capsys, value):
+    """0 or less would make the heartbeat spin and every live worker's claim look stale at once."""
+    path = _write(tmp_path, TINY)
+    assert looper.main([str(path), "--out", str(tmp_path / "out"), "--claim-timeout", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --claim-timeout: ") and "at least 10" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--claim-timeout"):
+        run_folder.RunClaim.acquire(tmp_path, 0, timeout=float(value))
+    assert not run_folder.claim_path(tmp_path, 0).exists()
+    assert looper.main([str(path), "--out", str(tmp_path / "out"), "--claim-timeout", "10", "--runs", "1",
+                        "--epochs", "1"]) == 0
+
+
 @pytest.mark.parametrize("broken", ["metrics.json", "masks.npz"])
 def test_a_corrupt_finished_run_is_set_aside_and_trained_again(tmp_path, broken):
     cfg = config_lib.parse_config({**TINY, "runs": 2, "output_dir": str(tmp_path / "out")})
