@@ -89,6 +89,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_results_folder(results: Path) -> None:
+    """Raise ValueError unless `results` looks like a looper's results folder (<out>/<name>-<hash>, with its
+    config.yaml), naming the folder to give instead when it is one of its runs."""
+    results = Path(results)
+    if run_folder.RUN_PATTERN.fullmatch(results.name) and (results.parent / run_folder.CONFIG).is_file():
+        raise ValueError(f"{results} is one run of a results folder; give the folder: {results.parent}")
+    if not (results / run_folder.CONFIG).is_file():
+        raise ValueError(f"{results} is not a results folder (expected <out>/<name>-<hash> with its "
+                         f"{run_folder.CONFIG}, as the looper writes it)")
+
+
 def entry_name(results: Path) -> tuple[str, config_lib.ExperimentConfig]:
     """(ledger name, config) of a results folder: its name under today's identity, a sweep's combination
     flattened into one folder name with '__'."""
@@ -143,12 +154,13 @@ def add(results: Path, *, reports: str | None, command: str, commit: str | None 
     Runs of the older copy that `results` no longer holds are kept, files and record as they were: a results
     folder lost after its first runs were entered (a fresh checkout) can still add its later runs to the entry.
     """
+    results = Path(results)
+    check_results_folder(results)
     import tf_logs
 
     tf_logs.import_tensorflow()
     import shrink  # imports TensorFlow: only `add` needs it
 
-    results = Path(results)
     name, cfg = entry_name(results)
     source = run_folder.read_config_mapping(results / run_folder.CONFIG).get("data", {}).get("source", "tfds")
     problem = reports_problem(reports, cfg.paper, source)

@@ -195,6 +195,19 @@ def test_add_copies_a_results_folder(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.glob("run_*")) == ["run_000", "run_001"]
 
 
+def test_add_names_the_folder_to_give_when_it_is_no_results_folder(tmp_path, capsys):
+    results = tmp_path / "tiny-0123abcd"
+    (results / "run_000").mkdir(parents=True)
+    for folder in (results, results / "run_000"):
+        (folder / run_folder.CONFIG).write_text(yaml.safe_dump(TINY))
+    for given, message in ((tmp_path / "missing", f"{tmp_path / 'missing'} is not a results folder (expected "),
+                           (tmp_path, f"{tmp_path} is not a results folder"),
+                           (results / "run_000", f"is one run of a results folder; give the folder: {results}")):
+        assert ledger.main(["add", str(given), "--command", "c"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
     stats = lambda m: {"mean": m, "std": 0.1, "min": m, "max": m, "n": runs}  # noqa: E731
     return {"name": "e", "reports": None, "note": "", "mask_mode": mode, "epochs": epochs, "precision": "float32",
