@@ -392,6 +392,9 @@ def _load_tfds(info: DatasetInfo, data_dir: str | None):
         import tensorflow_datasets as tfds  # slow import: only when needed
     except ImportError as exc:
         raise DataUnavailableError(f"tensorflow-datasets is not installed ({exc}).", hint) from exc
+    # Said before the load: without internet tfds gives up only after its retries, minutes later.
+    logger.info("Loading %s with tensorflow-datasets: a first use downloads it, and without internet that fails "
+                "only after several minutes of retries. %s", info.name, hint)
     try:
         splits = tfds.load(
             info.name,

@@ -12,6 +12,8 @@ from data_preprocessor import DataUnavailableError, load_dataset
 from model_trainer import OptimizerSpec, ScheduleSpec, train
 
 data_dir = sys.argv[1] if len(sys.argv) > 1 else None
+if data_dir is None:  # offline, tensorflow-datasets gives up only after minutes of retries
+    print("Downloading MNIST with tensorflow-datasets; offline: python minimal_working_example.py DIR", file=sys.stderr)
 try:
     data = load_dataset("mnist", source="local" if data_dir else "tfds", data_dir=data_dir, batch_size=128,
                         shuffle=False)  # the authors' MNIST order, the same every epoch

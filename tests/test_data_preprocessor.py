@@ -527,17 +527,19 @@ def test_real_mnist_from_local_source():
 # --------------------------------------------------------------------------------------
 
 
-def test_tfds_download_failure_points_to_local_source(monkeypatch):
+def test_tfds_download_failure_points_to_local_source(monkeypatch, caplog):
     tfds = pytest.importorskip("tensorflow_datasets")
     calls = []
 
     def failing_load(*args, **kwargs):
-        calls.append((args, kwargs))
+        # the offline option is logged before the download starts (offline, tfds retries for minutes)
+        calls.append((args, kwargs, [r.getMessage() for r in caplog.records]))
         raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
     monkeypatch.setattr(tfds, "load", failing_load)
-    with pytest.raises(dp.DataUnavailableError) as excinfo:
+    with caplog.at_level("INFO", logger=dp.logger.name), pytest.raises(dp.DataUnavailableError) as excinfo:
         dp.load_dataset("cifar10", "tfds", "/tmp/some_tfds_dir")
+    assert any("--data-source local" in m and "cifar-10-python.tar.gz" in m for m in calls[0][2])
     message = str(excinfo.value)
     assert "local" in message and "cifar-10-python.tar.gz" in message
     assert "storage.googleapis.com" in message

@@ -60,3 +60,5 @@ def test_the_minimal_example_says_how_to_run_it_offline(argv, tmp_path, monkeypa
     assert message.endswith("Offline: python minimal_working_example.py DIR, where DIR holds mnist.npz.")
     assert "--data" not in message and "data.data_dir" not in message
     assert ("storage.googleapis.com" if not argv else "holds no mnist.npz") in message
+    # the offline way is said before a download starts (offline, tensorflow-datasets retries for minutes)
+    assert ("Downloading MNIST with tensorflow-datasets; offline: " in capsys.readouterr().err) == (not argv)
