@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tensorflow as tf  # noqa: E402
 
 import _common as common  # noqa: E402
-from data_preprocessor import DATASETS, load_dataset  # noqa: E402
+from data_preprocessor import DATASETS, epoch_permutation, load_dataset  # noqa: E402
 
 log = logging.getLogger("pipeline_throughput")
 
@@ -75,16 +75,18 @@ def pipeline_rate(ds: tf.data.Dataset, batches: int, repeats: int) -> tuple[floa
 
 
 def permutation_indices(n: int, batch_size: int, seed: int) -> tf.data.Dataset:
-    """Prototype for data_preprocessor._train_pipeline: each epoch's order as ONE stateless_shuffle op on a
-    fresh per-iteration seed, instead of Dataset.range(n).shuffle(n) (which fills an n-element buffer element
-    by element before the first batch). Batches of int64 indices, reshuffled every iteration, deterministic."""
+    """Each epoch's order as ONE stateless_shuffle op on a fresh per-iteration seed. Batches of int64 indices,
+    reshuffled every iteration, deterministic."""
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2).take(1)
     return seeds.flat_map(lambda s: tf.data.Dataset.from_tensor_slices(
         tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=s))).batch(batch_size)
 
 
 def index_pipelines(data, batch_size: int):
-    """The repo's index pipeline and the prototype, both gathering the same arrays as load_dataset does."""
+    """Three ways to order an epoch, each gathering the same arrays as load_dataset does: the repo's
+    (data_preprocessor.epoch_permutation: index_shuffle of each batch's positions, a pure function of seed and
+    epoch), the repo's earlier Dataset.range(n).shuffle(n) (fills an n-element buffer before the first batch),
+    and one stateless_shuffle op per epoch."""
     n = data.n_train
     x = next(iter(data.epoch(0).unbatch().batch(n)))  # the standardised training arrays, in some order
     x_t, y_t = tf.constant(x[0]), tf.constant(x[1])
@@ -92,10 +94,16 @@ def index_pipelines(data, batch_size: int):
     def gather(idx):
         return tf.gather(x_t, idx), tf.gather(y_t, idx)
 
-    repo = tf.data.Dataset.range(n).shuffle(n, seed=0, reshuffle_each_iteration=True).batch(batch_size)
-    return {"repo shuffle": repo.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE),
-            "one-op permutation": permutation_indices(n, batch_size, 0).map(
-                gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)}
+    def index_shuffle(positions):
+        return gather(epoch_permutation(positions, n, 0, 0))
+
+    buffer = tf.data.Dataset.range(n).shuffle(n, seed=0, reshuffle_each_iteration=True).batch(batch_size)
+    pipelines = {"index_shuffle (the repo)": tf.data.Dataset.range(n).batch(batch_size).map(
+                     index_shuffle, num_parallel_calls=tf.data.AUTOTUNE),
+                 "Dataset.shuffle(n) (earlier)": buffer.map(gather, num_parallel_calls=tf.data.AUTOTUNE),
+                 "one stateless_shuffle op": permutation_indices(n, batch_size, 0).map(
+                     gather, num_parallel_calls=tf.data.AUTOTUNE)}
+    return {name: ds.prefetch(tf.data.AUTOTUNE) for name, ds in pipelines.items()}
 
 
 def step_rates(model_name: str, data, args) -> tuple[float, float]:
@@ -138,7 +146,8 @@ def parse_args(argv=None):
     p.add_argument("--models", default=None, help="restrict the models, e.g. fcn,conv2")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads of the step (0: default)")
     p.add_argument("--shuffle-prototype", action="store_true",
-                   help="also compare the repo's index shuffle with a one-op permutation (first batch latency)")
+                   help="also compare the repo's index_shuffle order with Dataset.shuffle(n) and one "
+                        "stateless_shuffle op per epoch (images/s, first batch latency)")
     p.add_argument("--json", help="write the results to this file")
     return p.parse_args(argv)
 
@@ -180,8 +189,8 @@ def main(argv=None) -> int:
               f"{r['first_batch_ms']:.0f} | {r['step_images_per_s']:.0f} | {r['pipeline_over_step']:.1f} | "
               f"{r['steps']} | {r['fit_on_pipeline_images_per_s']:.0f} | {r['fit_pipeline_over_memory']:.3f} |")
     if shuffle_rows:
-        print("\nIndex shuffle of the training pipeline (no augmentation): the repo's Dataset.range(n).shuffle(n) "
-              "against one stateless_shuffle op per epoch\n")
+        print("\nEpoch order of the training pipeline (no augmentation): the repo's index_shuffle, "
+              "Dataset.range(n).shuffle(n) and one stateless_shuffle op per epoch\n")
         print("| dataset | n_train | pipeline | img/s | first batch ms |\n|---|---|---|---|---|")
         for r in shuffle_rows:
             print(f"| {r['dataset']} | {r['n_train']} | {r['pipeline']} | {r['images_per_s']:.0f} | "
