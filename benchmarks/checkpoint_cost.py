@@ -48,9 +48,10 @@ def checkpoint_seconds(model, history, folder: Path) -> tuple[float, int]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="fcn,conv2")
+    p.add_argument("--models", default="fcn,conv2",
+                   help=f"comma-separated from {', '.join(common.MODEL_DATASET)} (default fcn,conv2)")
     p.add_argument("--steps", type=int, default=40, help="training steps per timed round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per setting, interleaved (median reported)")
     p.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default, all cores)")
     p.add_argument("--json", help="write the raw numbers here")
     return p.parse_args(argv)

@@ -101,10 +101,11 @@ def time_calls(fn, calls: int) -> float:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="fcn,conv2,resnet20")
-    p.add_argument("--calls", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--xla", choices=("both", "on", "off"), default="both")
+    p.add_argument("--models", default="fcn,conv2,resnet20",
+                   help=f"comma-separated from {', '.join(common.MODEL_DATASET)}")
+    p.add_argument("--calls", type=int, default=50, help="calls of each timed function per round")
+    p.add_argument("--rounds", type=int, default=7, help="rounds, the functions interleaved (median reported)")
+    p.add_argument("--xla", choices=("both", "on", "off"), default="both", help="time with XLA, without, or both")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
     return p.parse_args(argv)
 

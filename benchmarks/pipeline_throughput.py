@@ -131,12 +131,12 @@ def _memory_like(ds: tf.data.Dataset, batch: int, batches: int = 8) -> tf.data.D
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="mnist,cifar10,cifar100")
+    p.add_argument("--datasets", default="mnist,cifar10,cifar100", help="comma-separated datasets to time")
     p.add_argument("--data-dir", help="directory of the real archives (default: synthetic data of their shapes)")
     p.add_argument("--local-cifar100", action="store_true",
                    help="use cifar-100-python.tar.gz from --data-dir if present (default: synthetic CIFAR-100)")
     p.add_argument("--synthetic-train", type=int, default=10000, help="examples of a synthetic training set")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="batch size of the pipelines and the steps")
     p.add_argument("--batches", type=int, default=200, help="batches per timed pipeline pass")
     p.add_argument("--repeats", type=int, default=3, help="timed pipeline passes (median)")
     p.add_argument("--steps", type=int, default=5, help="train steps per timed epoch (conv / resnet)")

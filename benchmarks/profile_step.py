@@ -79,13 +79,16 @@ def profile(model, data, steps: int, logdir: str) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="fcn", choices=sorted(common.MODEL_DATASET))
-    p.add_argument("--variants", default="baseline,masked")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--xla", choices=("on", "off"), default="off")
-    p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--model", default="fcn", choices=sorted(common.MODEL_DATASET), help="the network profiled")
+    p.add_argument("--variants", default="baseline,masked",
+                   help=f"comma-separated from {', '.join(common.VARIANTS)}; the first besides baseline is compared "
+                        "with baseline op by op")
+    p.add_argument("--steps", type=int, default=30, help="training steps profiled per variant")
+    p.add_argument("--xla", choices=("on", "off"), default="off", help="compile the step with XLA")
+    p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
+                   help="Keras dtype policy")
+    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    p.add_argument("--top", type=int, default=20, help="ops listed, largest time difference first")
     return p.parse_args(argv)
 
 

@@ -154,7 +154,7 @@ def parse_args(argv=None):
                    help="with --model: remaining fraction of the random masks (e.g. 0.04)")
     p.add_argument("--bn", choices=("random", "default"), default="random",
                    help="with --model: BN statistics of the synthetic Supermask (default random)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="with --model: seed of the weights and the random masks")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     p.add_argument("--calls", type=int, default=200, help="batch-1 calls per round (default 200)")
     p.add_argument("--batch", type=int, default=1000, help="throughput batch size (default 1000)")

@@ -43,14 +43,15 @@ def parse_args(argv=None):
                    help=f"comma-separated, or 'all' ({', '.join(ALL_MODELS)})")
     p.add_argument("--variants", default="baseline,masked",
                    help=f"comma-separated from {', '.join(common.VARIANTS)}; 'baseline' is always included")
-    p.add_argument("--xla", choices=("both", "on", "off"), default="both")
-    p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32")
+    p.add_argument("--xla", choices=("both", "on", "off"), default="both", help="time with XLA, without, or both")
+    p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
+                   help="Keras dtype policy")
     p.add_argument("--steps", type=int, default=50, help="steps per timed epoch")
     p.add_argument("--steps-for", default="", metavar="MODEL=N,...",
                    help="per-model steps per epoch, e.g. conv8=3,resnet20=5 (the big models on a CPU)")
     p.add_argument("--rounds", type=int, default=5, help="timed epochs per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant first")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="batch size")
     p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default, all cores)")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the check that prototypes match the repo layers")
