@@ -244,7 +244,7 @@ def _kept_runs(target: Path, added: set[str], staging: Path) -> list[dict]:
         for file in (*KEPT_RUN_FILES, run_folder.COMPACT):
             if (run / file).exists():  # a baseline keeps no artifact
                 shutil.copyfile(run / file, staging / run.name / file)
-        kept.append(by_run[run_folder.read_json(run / run_folder.METRICS)["run"]])
+        kept.append(by_run[int(run_folder.RUN_PATTERN.fullmatch(run.name)[1])])
     return kept
 
 
