@@ -25,10 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import tf_logs  # noqa: E402
+
+tf_logs.import_tensorflow()  # before Keras: TensorFlow's start-up noise filtered, as in the command-line tools
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -12,13 +12,11 @@ their ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -33,7 +31,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
 
-    import tensorflow as tf
+    import tf_logs
+
+    tf = tf_logs.import_tensorflow()  # TensorFlow's start-up noise filtered, as in the command-line tools
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)

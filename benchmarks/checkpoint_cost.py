@@ -29,7 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as common  # noqa: E402
+import _common as common  # noqa: E402  (first: the repository on sys.path, TensorFlow imported quietly)
+
+# isort: split
 import model_trainer  # noqa: E402
 import run_folder  # noqa: E402
 

@@ -32,10 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as common  # noqa: E402  (first: the repository on sys.path, TensorFlow imported quietly)
+
+# isort: split
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import _common as common  # noqa: E402
 import custom_layers  # noqa: E402
 from architectures import build_model  # noqa: E402
 

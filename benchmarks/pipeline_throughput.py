@@ -28,9 +28,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _common as common  # noqa: E402  (first: the repository on sys.path, TensorFlow imported quietly)
+
+# isort: split
 import tensorflow as tf  # noqa: E402
 
-import _common as common  # noqa: E402
 from data_preprocessor import DATASETS, epoch_permutation, load_dataset  # noqa: E402
 
 log = logging.getLogger("pipeline_throughput")

@@ -25,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tensorflow as tf  # noqa: E402
+import _common as common  # noqa: E402  (first: the repository on sys.path, TensorFlow imported quietly)
 
-import _common as common  # noqa: E402
+# isort: split
+import tensorflow as tf  # noqa: E402
 
 log = logging.getLogger("profile_step")
 

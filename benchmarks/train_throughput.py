@@ -27,9 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import keras  # noqa: E402
+import _common as common  # noqa: E402  (first: the repository on sys.path, TensorFlow imported quietly)
 
-import _common as common  # noqa: E402
+# isort: split
+import keras  # noqa: E402
 
 log = logging.getLogger("train_throughput")
 

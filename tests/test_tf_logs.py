@@ -34,3 +34,34 @@ def test_supermask_tf_logs_shows_everything(tmp_path):
     proc = _import_with_fake_tensorflow(tmp_path, SUPERMASK_TF_LOGS="1")
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stderr.splitlines()) == 3 and "oneDNN custom operations are on" in proc.stderr
+
+
+def _top_level_imports(path):
+    """Module names imported at the top level of a script, in order."""
+    import ast
+
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names += [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module.split(".")[0])
+    return names
+
+
+def test_the_benchmark_scripts_import_tensorflow_through_tf_logs():
+    """A benchmark that imports TensorFlow or Keras at its top imports `_common` (which goes through
+    tf_logs.import_tensorflow) first; `_common` itself imports tf_logs first. Otherwise TensorFlow's start-up noise
+    is back in every benchmark's output."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert len(scripts) >= 8
+    checked = 0
+    for script in scripts:
+        names = _top_level_imports(script)
+        frameworks = [i for i, name in enumerate(names) if name in ("tensorflow", "keras")]
+        if not frameworks:
+            continue
+        quiet = "tf_logs" if script.name == "_common.py" else "_common"
+        assert quiet in names and names.index(quiet) < frameworks[0], (script.name, names)
+        checked += 1
+    assert checked >= 6
