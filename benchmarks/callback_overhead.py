@@ -33,7 +33,8 @@ def main(argv=None) -> int:
 
     import tf_logs
 
-    tf = tf_logs.import_tensorflow()  # TensorFlow's start-up noise filtered, as in the command-line tools
+    tf_logs.import_tensorflow()  # TensorFlow's start-up noise filtered, as in the command-line tools
+    import tensorflow as tf
 
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
