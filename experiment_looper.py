@@ -318,17 +318,19 @@ def _run_once(cfg: ExperimentConfig, directory: Path, run: int, seed: int, train
 
 
 def run_experiment(cfg: ExperimentConfig, directory: Path, *, train=None, stop_event=None,
-                   claim_timeout: float = run_folder.DEFAULT_CLAIM_TIMEOUT) -> dict:
+                   claim_timeout: float = run_folder.DEFAULT_CLAIM_TIMEOUT, only_runs=None) -> dict:
     """Every run of one (combination of a) config into `directory` that no other worker holds, resuming
     finished and interrupted runs; returns the summary of what is on disk afterwards. `train` (default
-    train_run) trains one run: train(cfg, run, seed, run_dir, stop_event=...) -> metrics."""
+    train_run) trains one run: train(cfg, run, seed, run_dir, stop_event=...) -> metrics. `only_runs`: the run
+    indices to train (None: all of them; see check_only_runs); the summary still counts every run on disk."""
     train = train or train_run
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     run_folder.atomic_write_text(directory / run_folder.CONFIG, run_folder.config_yaml(cfg))
     try:
         for run, seed in enumerate(cfg.seeds()):
-            _run_once(cfg, directory, run, seed, train, stop_event, claim_timeout)
+            if only_runs is None or run in only_runs:
+                _run_once(cfg, directory, run, seed, train, stop_event, claim_timeout)
     except KeyboardInterrupt:
         refresh_summary(cfg, directory)  # what was finished before the interrupt
         raise
@@ -478,6 +480,10 @@ def parse_args(argv=None):
                    help="take over a run whose worker sent no heartbeat for this long (default "
                         f"{run_folder.DEFAULT_CLAIM_TIMEOUT:.0f}, at least {run_folder.MIN_CLAIM_TIMEOUT:.0f}; "
                         "a dead worker on this host at once)")
+    p.add_argument("--only-run", dest="only_runs", type=int, action="append", metavar="RUN",
+                   help="train only run RUN of the config (0-based: seed base_seed + RUN; repeatable), e.g. one "
+                        "cluster array task per run with --only-run $SLURM_ARRAY_TASK_ID; the other runs are "
+                        "left to other workers")
     p.add_argument("--dry-run", action="store_true",
                    help="validate, build the model(s), print the per-layer summary and the parameter count; "
                         "no data, no training")
@@ -530,6 +536,17 @@ def _error(message: str, code: int) -> int:
     return code
 
 
+def check_only_runs(only_runs, combos) -> None:
+    """ValueError naming --only-run unless every index is a run of every combination (0 <= RUN < runs)."""
+    if only_runs is None:
+        return
+    runs = min(child.runs for _, child, _ in combos)
+    bad = sorted({run for run in only_runs if not 0 <= run < runs})
+    if bad:
+        raise ValueError(f"--only-run: this config has no run {', '.join(map(str, bad))}; allowed: 0 to {runs - 1} "
+                         f"(it has {runs} runs; --runs sets more)")
+
+
 def resolve(args) -> tuple[ExperimentConfig, list]:
     """The validated config of parsed arguments and its sweep's combinations; raises ConfigErrors."""
     cfg, raw = config_lib.load_config(args.config, args.overrides, runs=args.runs, out=args.out,
@@ -549,6 +566,10 @@ def main(argv=None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    try:
+        check_only_runs(args.only_runs, combos)
+    except ValueError as exc:
+        return _error(str(exc), 2)
     tf_logs.import_tensorflow()  # the config is valid: TensorFlow from here on, its start-up noise filtered
     if args.dry_run:
         try:
@@ -565,7 +586,8 @@ def main(argv=None) -> int:
                 break
             directory = run_folder.results_dir(child, combo)
             setup_logging(directory / run_folder.LOG)
-            summary = run_experiment(child, directory, stop_event=stop.event, claim_timeout=args.claim_timeout)
+            summary = run_experiment(child, directory, stop_event=stop.event, claim_timeout=args.claim_timeout,
+                                     only_runs=args.only_runs)
             summaries.append(summary)
             print(summary_markdown(summary))
     except data_preprocessor.DataUnavailableError as exc:

@@ -543,3 +543,37 @@ def test_init_file_for_another_architecture_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.weights_file" in err and "dense_0/kernel is missing from the file" in err
     assert "Traceback" not in err
+
+
+def test_only_run_trains_that_run_alone_and_the_rest_later(tmp_path):
+    """--only-run (a cluster array task per run): run 2 alone with its own seed; a later plain run trains the
+    others and leaves run 2 as it was."""
+    cfg = config_lib.parse_config({**TINY, "output_dir": str(tmp_path / "out")})
+    directory = run_folder.results_dir(cfg)
+    calls = []
+
+    def counted(cfg, run, seed, run_dir, **kwargs):
+        calls.append((run, seed))
+        return looper.train_run(cfg, run, seed, run_dir, **kwargs)
+
+    summary = looper.run_experiment(cfg, directory, train=counted, only_runs=[2])
+    assert calls == [(2, TINY["base_seed"] + 2)]
+    assert sorted(p.name for p in directory.glob("run_*")) == ["run_002"]
+    assert summary["runs_finished"] == 1
+    assert json.loads((directory / "run_002" / "metrics.json").read_text())["seed"] == TINY["base_seed"] + 2
+    kept = (directory / "run_002" / "metrics.json").read_text()
+    assert looper.run_experiment(cfg, directory, train=counted)["runs_finished"] == 3
+    assert [run for run, _ in calls] == [2, 0, 1]
+    assert (directory / "run_002" / "metrics.json").read_text() == kept
+
+
+@pytest.mark.parametrize("value", ["3", "-1"])
+def test_only_run_outside_the_configs_runs_exits_2(tmp_path, capsys, value):
+    path = _write(tmp_path, TINY)
+    assert looper.main([str(path), "--out", str(tmp_path / "out"), "--only-run", "0", "--only-run", value]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --only-run: this config has no run {value}; allowed: 0 to 2 (it has 3 runs; --runs sets "
+                   f"more)\n")
+    assert not (tmp_path / "out").exists()
+    assert looper.main([str(path), "--out", str(tmp_path / "out"), "--only-run", "1", "--epochs", "1"]) == 0
+    assert sorted(p.name for p in _run_dir(tmp_path).glob("run_*")) == ["run_001"]
