@@ -61,13 +61,17 @@ from run_folder import (  # noqa: E402
     LAYERS,
     MASKS,
     METRICS,
+    RunFileError,
+    combo_label,
     find_results_dirs,
     read_config_mapping,
     read_json,
     read_npz,
+    read_run_config,
     run_dirs,
     summary_statistics,
 )
+from run_folder import identity as settings_identity  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +126,32 @@ def _sweep_of(path: Path, config: dict) -> str | None:
     return name if name and path.parent.name == name and "=" in path.name else None
 
 
+def label_by_settings(results: list[ConfigResults]) -> None:
+    """Results of one title whose configs differ add those settings to their labels, in place: two folders of
+    `conv4_found` at two weight decays become 'conv4_found (weight_decay=0.000275)' and '... 0.000265)'. The
+    settings compared are those of run_folder.identity (what makes results differ); a config that does not parse
+    leaves its group as it was."""
+    groups: dict[str, list[ConfigResults]] = {}
+    for r in results:
+        groups.setdefault(r.title, []).append(r)
+    for same in (g for g in groups.values() if len(g) > 1):
+        try:
+            configs = [read_run_config(r.path, data_source="synthetic")[0] for r in same]
+        except (ValueError, RunFileError) as exc:  # ConfigErrors is a ValueError
+            log.info("%s: settings not compared (%s)", same[0].title, exc)
+            continue
+        settings = [settings_identity(cfg) for cfg in configs]  # a key left out has its default value
+        keys = sorted({key for one in settings for key in one})
+        differing = [key for key in keys if len({repr(one.get(key, "default")) for one in settings}) > 1]
+        if differing:
+            for r, one in zip(same, settings):
+                r.label = f"{r.label} ({combo_label({key: one.get(key, 'default') for key in differing})})"
+
+
 def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
     """ConfigResults for every results directory found below `paths` that has at least one ok run. A plain
     config is labelled by its name, a sweep combination by its keys (and grouped under its sweep); duplicates get
-    their parent's name (and then the hash) added."""
+    the settings in which they differ added (label_by_settings), else their parent's name (and then the hash)."""
     results = []
     for directory in find_results_dirs(paths):
         runs = run_dirs(directory)
@@ -136,6 +162,7 @@ def load_results(paths: Iterable[str | os.PathLike]) -> list[ConfigResults]:
         group = _sweep_of(directory, config)
         label = _label(directory) if group else str(config.get("name") or _label(directory))
         results.append(ConfigResults(directory, label, config, runs, group))
+    label_by_settings(results)
     renames = (lambda r: f"{r.path.parent.name}/{r.label}", lambda r: f"{r.path.parent.name}/{r.path.name}")
     for attempt in renames:
         counts: dict[str, int] = {}

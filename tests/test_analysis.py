@@ -254,6 +254,19 @@ def test_duplicate_config_names_get_distinct_labels(tmp_path):
     assert labels == ["a/sig", "b/fcn-22222222", "b/fcn-33333333"]  # by config name, made unique
 
 
+def test_configs_of_one_name_that_differ_are_labelled_by_their_settings(tmp_path):
+    """Two entries of one config at two weight decays (a recipe search in the ledger) read as their settings; the
+    settings they share, and those that make no difference (name, runs), stay out of the label."""
+    for name, wd, runs in (("conv4_found-11111111", 2.75e-4, 2), ("conv4_found-22222222", 2.65e-4, 1)):
+        write_run(tmp_path / name / "run_000", "sig", 0)
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({
+            "name": "conv4_found", "runs": runs, "data": {"dataset": "cifar10", "source": "local", "data_dir": None},
+            "model": {"architecture": "conv4", "threshold_fraction": 0.4},
+            "training": {"optimizer": {"weight_decay": wd}}}))
+    labels = [r.label for r in analysis.load_results([tmp_path])]
+    assert labels == ["conv4_found (weight_decay=0.000275)", "conv4_found (weight_decay=0.000265)"]
+
+
 def test_training_curves_compare_with_the_papers_final_values(results, tmp_path, monkeypatch):
     loaded = analysis.load_results([results])
     synthetic = [dataclasses.replace(r, config={**r.config, "data": {"source": "synthetic"}}) for r in loaded]
