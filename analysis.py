@@ -67,7 +67,7 @@ from run_folder import (  # noqa: E402
     read_config_mapping,
     read_json,
     read_npz,
-    read_run_config,
+    run_config,
     run_dirs,
     summary_statistics,
 )
@@ -136,7 +136,8 @@ def label_by_settings(results: list[ConfigResults]) -> None:
         groups.setdefault(r.title, []).append(r)
     for same in (g for g in groups.values() if len(g) > 1):
         try:
-            configs = [read_run_config(r.path, data_source="synthetic")[0] for r in same]
+            configs = [run_config(r.config, source=str(r.path / CONFIG), data_source="synthetic")[0]
+                       for r in same]  # the mapping load_results read: the folder's config, else its first run's
         except (ValueError, RunFileError) as exc:  # ConfigErrors is a ValueError
             log.info("%s: settings not compared (%s)", same[0].title, exc)
             continue

@@ -32,6 +32,7 @@ build or read models import the model code when called.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -543,12 +544,19 @@ def migrate_raw_config(raw: dict) -> dict:
 
 
 def read_run_config(directory, *, data_source: str | None = None, data_dir: str | None = None):
-    """(ExperimentConfig, seed, run) of a run directory. The looper's extra 'seed' / 'run' keys are dropped before
-    validation; weights_file / masks_file are dropped too (masks.npz holds the final kernels), and so is the paper
-    row (a folder written before the config checked it against the model stays readable). data_source /
-    data_dir replace the recorded ones (e.g. 'synthetic' when no data is read)."""
+    """(ExperimentConfig, seed, run) of a run directory, from its config.yaml (see run_config)."""
     directory = Path(directory)
-    raw = migrate_raw_config(read_config_mapping(directory / CONFIG))
+    return run_config(read_config_mapping(directory / CONFIG), source=str(directory / CONFIG),
+                      data_source=data_source, data_dir=data_dir)
+
+
+def run_config(mapping: dict, *, source: str, data_source: str | None = None, data_dir: str | None = None):
+    """(ExperimentConfig, seed, run) of a recorded config mapping (left unchanged; `source` names it in errors).
+    The looper's extra 'seed' / 'run' keys are dropped before validation; weights_file / masks_file are dropped
+    too (masks.npz holds the final kernels), and so is the paper row (a folder written before the config checked
+    it against the model stays readable). data_source / data_dir replace the recorded ones (e.g. 'synthetic' when
+    no data is read)."""
+    raw = migrate_raw_config(copy.deepcopy(mapping))  # the caller's mapping stays as read
     run = int(raw.pop("run", 0))
     seed = raw.pop("seed", None)
     raw["paper"] = None
@@ -560,7 +568,7 @@ def read_run_config(directory, *, data_source: str | None = None, data_dir: str 
         raw["data"]["source"] = data_source
     if data_dir is not None:
         raw["data"]["data_dir"] = data_dir
-    cfg = config_lib.parse_config(raw, source=str(directory / CONFIG))
+    cfg = config_lib.parse_config(raw, source=source)
     seed = int(seed) if seed is not None else cfg.base_seed + run
     return cfg, seed, run
 
