@@ -315,6 +315,21 @@ def parse_steps_for(text: str | None) -> dict[str, int]:
     return out
 
 
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+def add_threads_argument(parser) -> None:
+    """The --threads option every benchmark takes; `start` applies it."""
+    parser.add_argument("--threads", type=int, default=0,
+                        help="TF intra/inter-op threads (0: TF's default, all cores)")
+
+
+def start(threads: int | None, log_format: str = LOG_FORMAT) -> None:
+    """A benchmark's first step: INFO logging in `log_format`, then `set_threads(threads)`."""
+    logging.basicConfig(level=logging.INFO, format=log_format, datefmt="%H:%M:%S")
+    set_threads(threads)
+
+
 def set_threads(threads: int | None) -> None:
     """TensorFlow intra-op threads (None or 0: TF's default, all cores); inter-op follows. Must run before TF
     executes its first op."""

@@ -54,15 +54,14 @@ def parse_args(argv=None):
                    help=f"comma-separated from {', '.join(common.MODEL_DATASET)} (default fcn,conv2)")
     p.add_argument("--steps", type=int, default=40, help="training steps per timed round")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per setting, interleaved (median reported)")
-    p.add_argument("--threads", type=int, default=0, help="TF threads (0: TF's default, all cores)")
+    common.add_threads_argument(p)
     p.add_argument("--json", help="write the raw numbers here")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    common.set_threads(args.threads)
+    common.start(args.threads, log_format="%(message)s")
     models = args.models.split(",")
     built = {name: common.compiled_model(name, "masked", steps=args.steps, jit_compile=False) for name in models}
     data = {name: common.memory_dataset(name) for name in models}

@@ -108,14 +108,13 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=50, help="calls of each timed function per round")
     p.add_argument("--rounds", type=int, default=7, help="rounds, the functions interleaved (median reported)")
     p.add_argument("--xla", choices=("both", "on", "off"), default="both", help="time with XLA, without, or both")
-    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    common.add_threads_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    common.set_threads(args.threads)
+    common.start(args.threads)
     xla_modes = {"both": [False, True], "on": [True], "off": [False]}[args.xla]
     print(f"machine: {common.machine()}\n")
     lines = ["| model | masked params | xla | variant | ms/step fwd+bwd | extra vs dense | ms fwd only | "

@@ -146,7 +146,7 @@ def parse_args(argv=None):
                    help="train steps per timed epoch of the FCN (0: a whole epoch, data.steps_per_epoch)")
     p.add_argument("--rounds", type=int, default=3, help="timed epochs per data source (median)")
     p.add_argument("--models", default=None, help="restrict the models, e.g. fcn,conv2")
-    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads of the step (0: default)")
+    common.add_threads_argument(p)
     p.add_argument("--shuffle-prototype", action="store_true",
                    help="also compare the repo's index_shuffle order with Dataset.shuffle(n) and one "
                         "stateless_shuffle op per epoch (images/s, first batch latency)")
@@ -155,9 +155,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    common.set_threads(args.threads)
+    common.start(args.threads)
     models = set(args.models.split(",")) if args.models else None
     rows, shuffle_rows = [], []
     for dataset in args.datasets.split(","):

@@ -88,15 +88,14 @@ def parse_args(argv=None):
     p.add_argument("--xla", choices=("on", "off"), default="off", help="compile the step with XLA")
     p.add_argument("--precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default="float32",
                    help="Keras dtype policy")
-    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    common.add_threads_argument(p)
     p.add_argument("--top", type=int, default=20, help="ops listed, largest time difference first")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    common.set_threads(args.threads)
+    common.start(args.threads)
     variants = [v for v in args.variants.split(",") if v]
     data = common.memory_dataset(args.model)
     results = {}

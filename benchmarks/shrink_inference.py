@@ -161,7 +161,7 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=200, help="batch-1 calls per round (default 200)")
     p.add_argument("--batch", type=int, default=1000, help="throughput batch size (default 1000)")
     p.add_argument("--batch-calls", type=int, default=5, help="throughput calls per round (default 5)")
-    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default)")
+    common.add_threads_argument(p)
     p.add_argument("--keep-files", type=Path, help="write the model files here instead of a temporary directory")
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     args = p.parse_args(argv)
@@ -173,9 +173,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    common.set_threads(args.threads)
+    common.start(args.threads)
     if args.run_dir:
         supermask, baseline, source = run_dir_models(args.run_dir)
     else:

@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5, help="timed epochs per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant first")
     p.add_argument("--batch", type=int, default=128, help="batch size")
-    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: TF default, all cores)")
+    common.add_threads_argument(p)
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--no-verify", action="store_true", help="skip the check that prototypes match the repo layers")
     args = p.parse_args(argv)
@@ -142,9 +142,8 @@ def xla_markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
-    common.set_threads(args.threads)
+    common.start(args.threads)
     if not args.no_verify:
         common.verify_variants(args.variants)
     log.info("machine: %s", common.machine())

@@ -17,6 +17,18 @@ import pytest  # noqa: E402
 DATA_DIR = Path(os.environ["SUPERMASK_DATA_DIR"]).expanduser() if os.environ.get("SUPERMASK_DATA_DIR") else None
 
 
+# The tiny looper config the looper and distribution tests start from: synthetic MNIST (four batches of 64 per
+# epoch), the masked FCN, SGDW. Tests derive theirs with {**TINY_LOOPER, ...}; nested dicts are copied, never
+# changed in place.
+TINY_LOOPER = {
+    "name": "tiny", "runs": 3, "base_seed": 11,
+    "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 256, "synthetic_test": 128,
+             "batch_size": 64},
+    "model": {"architecture": "fcn", "mask_mode": "signed", "threshold_fraction": 0.4},
+    "training": {"epochs": 2, "verbose": 0,
+                 "optimizer": {"name": "sgdw", "learning_rate": 0.05, "weight_decay": 5e-4}},
+}
+
 def real_data(name: str):
     """The path of a real archive in SUPERMASK_DATA_DIR, or None."""
     path = DATA_DIR / name if DATA_DIR is not None else None

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_LOOPER
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -31,20 +32,14 @@ GLOBAL_BATCH = 64
 STEPS = 6
 SEED = 0
 
-# A tiny looper config (cf. tests/test_experiment_looper.py TINY): synthetic MNIST, masked FCN, SGDW.
+# The tiny looper config of conftest, one run of three epochs.
 # Four batches per epoch, so the order of the examples matters: under a strategy, Keras 3's fit
 # (`_maybe_symbolic_build`) draws one batch from an extra iterator of the training set before the first epoch.
 # With a reshuffle-each-iteration seed that used up epoch 1's order (a mirrored run trained on the orders of
 # epochs 2, 3, ...); an epoch's order is now a pure function of (seed, epoch), and the two runs must agree to
 # rounding. Shifting every epoch's order by one moves these epochs' losses by 1.5-18 % (checked by hand).
-LOOPER_CFG = {
-    "name": "dist", "runs": 1, "base_seed": 5,
-    "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 256, "synthetic_test": 128,
-             "batch_size": 64},
-    "model": {"architecture": "fcn", "mask_mode": "signed", "threshold_fraction": 0.4},
-    "training": {"epochs": 3, "verbose": 0,
-                 "optimizer": {"name": "sgdw", "learning_rate": 0.05, "weight_decay": 5e-4}},
-}
+LOOPER_CFG = {**TINY_LOOPER, "name": "dist", "runs": 1, "base_seed": 5,
+              "training": {**TINY_LOOPER["training"], "epochs": 3}}
 
 _HELPER = """
 import sys

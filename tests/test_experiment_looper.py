@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_LOOPER
 
 import config as config_lib
 import experiment_looper as looper
@@ -18,14 +19,7 @@ import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "name": "tiny", "runs": 3, "base_seed": 11,
-    "data": {"dataset": "mnist", "source": "synthetic", "synthetic_train": 256, "synthetic_test": 128,
-             "batch_size": 64},
-    "model": {"architecture": "fcn", "mask_mode": "signed", "threshold_fraction": 0.4},
-    "training": {"epochs": 2, "verbose": 0,
-                 "optimizer": {"name": "sgdw", "learning_rate": 0.05, "weight_decay": 5e-4}},
-}
+TINY = TINY_LOOPER
 
 
 def _write(tmp_path, raw, name="tiny.yaml"):
