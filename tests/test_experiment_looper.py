@@ -11,15 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_LOOPER
+from conftest import TINY_LOOPER as TINY
 
 import config as config_lib
 import experiment_looper as looper
 import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-TINY = TINY_LOOPER
 
 
 def _write(tmp_path, raw, name="tiny.yaml"):
