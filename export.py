@@ -170,10 +170,14 @@ def print_mask_summary(model, print_fn=print) -> None:
     print_fn(f"effective architecture: {effective_architecture(model)}")
 
 
-def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, integer labels) of `model` over a batched (x, y) dataset; y one-hot or sparse."""
+def predict_dataset(model, dataset, columns: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, integer labels) of `model` over a batched (x, y) dataset (a tf.data.Dataset or any iterable
+    of batches, such as the PyDataset of the other backends); y one-hot or sparse. With `columns`, the model sees
+    only those columns of the last input axis (the inputs a shrunk network kept)."""
     preds, labels = [], []
     for x, y in dataset:
+        if columns is not None:
+            x = np.take(keras.ops.convert_to_numpy(x), columns, axis=-1)
         preds.append(np.asarray(keras.ops.convert_to_numpy(model(x, training=False))))
         y = np.asarray(keras.ops.convert_to_numpy(y))
         labels.append(np.argmax(y, axis=-1) if y.ndim > 1 else y.astype(np.int64))
@@ -251,8 +255,7 @@ def check_accuracy(run_dir: Path, cfg, seed: int, model, out: Path, batch_size: 
     outputs = {name: predict_dataset(m, data.test) for name, m in
                (("trained (run dir)", model), ("compact reloaded", compact_model), ("stripped .keras reloaded",
                                                                                     stripped))}
-    outputs["shrunk .keras reloaded"] = predict_dataset(
-        shrunk, data.test.map(lambda x, y: (keras.ops.take(x, survivors, axis=-1), y)))
+    outputs["shrunk .keras reloaded"] = predict_dataset(shrunk, data.test, columns=survivors)
     print(f"\ntest accuracy on {d.dataset} ({d.source}, {data.n_test} images):")
     if recorded is not None:
         print(f"  {'recorded in metrics.json':<28} {100 * recorded:.2f} %")

@@ -26,6 +26,7 @@ import backends
 import data_preprocessor as dp
 import experiment_looper
 import model_trainer
+import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -437,6 +438,10 @@ def test_the_looper_trains_on_jax_without_tensorflow_and_records_the_device(tmp_
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
     assert [(h["batches"], h["partial"]) for h in history] == [(history[0]["steps"], False)] * 2
     assert metrics["test_accuracy"] > 0.5  # synthetic data is learnable (1.0 after 2 epochs)
+    # The export and its accuracy check run on the JAX test pipeline (a PyDataset, not a tf.data.Dataset).
+    code = "import export\nraise SystemExit(export.main(sys.argv[1:]))"
+    proc = _jax_python(code, path.parent, "--check-accuracy", "--no-summary", "--out", tmp_path / "export")
+    assert "shrunk .keras reloaded" in proc.stdout and (tmp_path / "export" / run_folder.SHRUNK_KERAS).is_file()
 
 
 def _jax_stop_checks():
