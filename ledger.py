@@ -65,10 +65,9 @@ README = ROOT / "README.md"
 REPRODUCING = ROOT / "docs" / "reproducing.md"
 TABLE_MARKERS = ("<!-- ledger:status:begin -->", "<!-- ledger:status:end -->")
 ENTRIES_MARKERS = ("<!-- ledger:entries:begin -->", "<!-- ledger:entries:end -->")
-# Why a row has no measurement here (the machine this ledger was made on: 2 CPU cores, no GPU, no CIFAR-100).
+# Why a row has no measurement in the ledger (its CPU runs were made on a 2-core machine without CIFAR-100; its
+# GPU runs, on a lent H100, are listed in docs/reproducing.md).
 NOT_RUN = {  # hours: training steps alone at the speed measured in docs/speed.md ("What a full run costs")
-    "conv6": "not run: ≥ 6 h per run on a 2-core CPU; GPU: `configs/conv6.yaml` and `conv6_baseline.yaml`",
-    "conv8": "not run: ≥ 8 h per run on a 2-core CPU; GPU: `configs/conv8.yaml` and `conv8_baseline.yaml`",
     "resnet20x2": "not run: ≥ 11 h per run on a 2-core CPU; GPU: `configs/resnet20x2.yaml` and its baseline",
     "resnet20x3": "not run: ≥ 20 h per run on a 2-core CPU; GPU: `configs/resnet20x3.yaml` and its baseline",
     "resnet56": "not run: CIFAR-100 was not on the machine that made this ledger; `configs/resnet56.yaml` with tfds "
@@ -279,11 +278,20 @@ def judged_digits(value: float, interval, digits: int = 2, most: int = 4) -> int
     return digits
 
 
+def epochs_label(entry: dict) -> str:
+    """The epochs an entry's runs trained: "100" when each ran its configured epochs, else the range run and the
+    configured count, "98–108 of 110" (a schedule that stops early, such as the plateau rule)."""
+    run = sorted({r["epochs_run"] for r in entry["runs"]})
+    if run == [entry["epochs"]]:
+        return str(entry["epochs"])
+    return f"{run[0]}{'' if len(run) == 1 else f'–{run[-1]}'} of {entry['epochs']}"
+
+
 def _measured(entry: dict | None, key: str, interval=None) -> str:
     if entry is None:
         return "–"
     s = entry["summary"]
-    return f"{_mean_std(s[key], judged_digits(s[key]['mean'], interval))} ({s['runs']}×{entry['epochs']} ep.)"
+    return f"{_mean_std(s[key], judged_digits(s[key]['mean'], interval))} ({s['runs']}×{epochs_label(entry)} ep.)"
 
 
 def row_status(row: str, supermask: dict | None, baseline: dict | None) -> str:
@@ -385,7 +393,7 @@ def entries_table(all_entries: list[dict]) -> str:
     for e in all_entries:
         s = e["summary"]
         remaining = _mean_std(s["remaining_percent"]) if e["mask_mode"] != config_lib.BASELINE_MODE else "100"
-        lines.append(f"| `{e['name']}` | {e['reports'] or e['note'] or '–'} | {s['runs']} × {e['epochs']} | "
+        lines.append(f"| `{e['name']}` | {e['reports'] or e['note'] or '–'} | {s['runs']} × {epochs_label(e)} | "
                      f"{e['precision']}, {run_devices(e)} | {_mean_std(s['test_accuracy_percent'])} | "
                      f"{remaining} | `{e['command']}` |")
     return "\n".join(lines) + "\n"

@@ -211,13 +211,14 @@ def test_add_names_the_folder_to_give_when_it_is_no_results_folder(tmp_path, cap
 def _entry(mean_acc, mean_rem, runs=3, epochs=100, mode="signed"):
     stats = lambda m: {"mean": m, "std": 0.1, "min": m, "max": m, "n": runs}  # noqa: E731
     return {"name": "e", "reports": None, "note": "", "mask_mode": mode, "epochs": epochs, "precision": "float32",
-            "command": "c", "summary": {"runs": runs, "test_accuracy_percent": stats(mean_acc),
-                                        "remaining_percent": stats(mean_rem)}}
+            "command": "c", "runs": [{"epochs_run": epochs}] * runs,
+            "summary": {"runs": runs, "test_accuracy_percent": stats(mean_acc), "remaining_percent": stats(mean_rem)}}
 
 
 def test_the_entry_list_names_each_runs_device_with_its_count():
     entry = _entry(75.0, 1.2, runs=3)
-    entry["runs"] = [{"device": None}, {"device": "jax NVIDIA H100 80GB HBM3"}, {"device": "jax NVIDIA H100 80GB HBM3"}]
+    entry["runs"] = [{**run, "device": device} for run, device in
+                     zip(entry["runs"], [None, "jax NVIDIA H100 80GB HBM3", "jax NVIDIA H100 80GB HBM3"])]
     assert ledger.run_devices(entry) == "tensorflow, device not recorded ×1, jax NVIDIA H100 80GB HBM3 ×2"
     row = ledger.entries_table([entry]).splitlines()[2]
     assert "| float32, tensorflow, device not recorded ×1, jax NVIDIA H100 80GB HBM3 ×2 |" in row
@@ -340,6 +341,19 @@ def test_one_run_is_shown_without_a_spread():
     one, three = _entry(68.38, 0.76, runs=1), _entry(68.5, 0.7, runs=3)
     assert ledger._measured(one, "test_accuracy_percent") == "68.38 (1×100 ep.)"
     assert ledger._measured(three, "test_accuracy_percent") == "68.50 ± 0.10 (3×100 ep.)"
+
+
+def test_the_epochs_shown_are_those_the_runs_trained():
+    def entry(*epochs_run, configured=110):
+        return {**_entry(81.8, 21.1, runs=len(epochs_run), epochs=configured),
+                "runs": [{"epochs_run": n} for n in epochs_run]}
+
+    assert ledger.epochs_label(entry(110, 110)) == "110"
+    assert ledger.epochs_label(entry(105, 108, 98)) == "98–108 of 110"
+    assert ledger.epochs_label(entry(98)) == "98 of 110"
+    assert ledger.epochs_label(entry(30, 30, configured=30)) == "30"
+    assert ledger._measured(entry(105, 108, 98), "test_accuracy_percent") == "81.80 ± 0.10 (3×98–108 of 110 ep.)"
+    assert "| 3 × 98–108 of 110 |" in ledger.entries_table([entry(105, 108, 98)])
 
 
 def test_add_fills_in_the_surviving_units_of_a_run_made_before_they_were_recorded(tmp_path):
