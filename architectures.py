@@ -13,6 +13,8 @@ import importlib
 from typing import Any
 
 CIFAR = ("cifar10", "cifar100")
+CONV_DEPTHS = (2, 4, 6, 8)  # the paper's Conv2-Conv8 (conv_networks.build_conv accepts these)
+RESNET_DEPTHS = (20, 56, 110)  # the paper's ResNets (resnet_networks.build_resnet takes any 6n + 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +39,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("fcn", "dense_networks", "build_fcn", {}, ("mnist",), ("dropout",)),
         *(Architecture(f"conv{d}", "conv_networks", "build_conv", {"depth": d}, CIFAR, ("width", "dropout"))
-          for d in (2, 4, 6, 8)),
+          for d in CONV_DEPTHS),
         *(Architecture(f"resnet{d}", "resnet_networks", "build_resnet", {"depth": d}, CIFAR,
                        ("width", "batch_norm", "stem_batch_norm"))
-          for d in (20, 56, 110)),
+          for d in RESNET_DEPTHS),
     )
 }
 # Every model key that some architecture takes and others ignore.

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import keras
 
+from architectures import CONV_DEPTHS
 from custom_layers import LayerFactory, MaskedLayers
 
 CONV_FILTERS = (64, 128, 256, 512)
-CONV_DEPTHS = (2, 4, 6, 8)
 
 
 def build_conv(depth: int, layers: LayerFactory | None = None, *, input_shape=(32, 32, 3), num_classes=10,

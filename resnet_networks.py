@@ -28,8 +28,6 @@ import keras
 from custom_layers import LayerFactory, MaskedLayers
 from hparams import BATCH_NORM_MODES
 
-RESNET_DEPTHS = (20, 56, 110)
-
 
 def _batch_norm(x, mode: str, name: str):
     if mode == "none":
