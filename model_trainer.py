@@ -209,7 +209,8 @@ class StopOnNonFinite(_StopsFromBatchHooks, keras.callbacks.TerminateOnNaN):
     """keras.callbacks.TerminateOnNaN that also records where the loss became NaN or inf.
 
     Keras logs the running mean of the epoch's loss, so a non-finite batch loss shows at the batch where it
-    happens. `epoch` and `batch` are 1-based; `step` counts the steps of this fit up to that batch.
+    happens. `epoch` and `batch` are 1-based; `step` counts the steps from the start of training up to that
+    batch (Keras numbers the epochs of a resumed fit from its `initial_epoch`, so they include the earlier ones).
     """
 
     # Batch hooks run on Keras' callback thread (async dispatch): the check never blocks the training loop.

@@ -81,9 +81,10 @@ unread flattened features ("flatten_partial").
 
 Architecture string (one line): the model input's feature/channel count, then the unit count of every Dense /
 Conv2D layer in graph (topological) order joined by "-", and at every Flatten " | " followed by its number of
-output features; before and after are joined by " → ". Examples: FCN "784-300-100-10 → 468-115-99-10", Conv2
-"3-64-64 | 16384-256-256-10 → 3-20-38 | 4776-36-180-10"; ResNets list every conv, shortcut convs included, in the
-order of `model.layers`. Several inputs are joined by ", ".
+output features; before and after are joined by " → ". Examples (runs of ledger entries fcn-965ff8d5 and
+conv2-f3384725): FCN "784-300-100-10 → 468-115-99-10", Conv2 "3-64-64 | 16384-256-256-10 → 3-59-21 |
+5376-35-159-10"; ResNets list every conv, shortcut convs included, in the order of `model.layers`. Several inputs
+are joined by ", ".
 
 Structure: pure numpy functions (`no_incoming`, `no_outgoing`, `flatten_channels`, `bn_maps_zero_to_zero`,
 `analyze_graph` over a `Graph` of tensors and nodes, `summarize`, `chain_survivors`), then a thin Keras layer:
