@@ -571,11 +571,13 @@ def main(argv=None) -> int:
     except ValueError as exc:
         return _error(str(exc), 2)
     tf_logs.import_tensorflow()  # the config is valid: TensorFlow from here on, its start-up noise filtered
-    if args.dry_run:
-        try:
+    try:
+        for _, child, _ in combos:  # init files that do not fit the model: before any data or run folder
+            run_folder.check_init_files(child, args.only_runs or range(child.runs))
+        if args.dry_run:
             return dry_run(combos)
-        except run_folder.WeightsFileMismatch as exc:
-            return _error(f"model.weights_file / model.masks_file: {exc}", 2)
+    except run_folder.WeightsFileMismatch as exc:
+        return _error(f"model.weights_file / model.masks_file: {exc}", 2)
 
     stop = StopRequest()
     stop.install()
@@ -592,8 +594,6 @@ def main(argv=None) -> int:
             print(summary_markdown(summary))
     except data_preprocessor.DataUnavailableError as exc:
         return _error(str(exc), 2)
-    except run_folder.WeightsFileMismatch as exc:
-        return _error(f"model.weights_file / model.masks_file: {exc}", 2)
     except KeyboardInterrupt:
         stop.event.set()
     except OSError as exc:  # a full disk, a read-only folder, ...: everything finished before is intact

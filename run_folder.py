@@ -312,6 +312,14 @@ def build_run_model(cfg: ExperimentConfig, seed: int, run: int):
     return model
 
 
+def check_init_files(cfg: ExperimentConfig, runs) -> None:
+    """WeightsFileMismatch unless each of `runs`' weights / masks files fits the config's model (its layer names
+    and shapes): the check the looper makes before it loads any data or claims a run."""
+    if cfg.model.weights_file or cfg.model.masks_file:
+        for run in runs:
+            build_run_model(cfg, cfg.base_seed, run)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Masks and the compact artifact
 # --------------------------------------------------------------------------------------------------------------

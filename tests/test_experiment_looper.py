@@ -14,6 +14,7 @@ import yaml
 from conftest import TINY_LOOPER as TINY
 
 import config as config_lib
+import data_preprocessor
 import experiment_looper as looper
 import run_folder
 
@@ -526,12 +527,14 @@ def test_summary_counts_only_the_configs_runs(tmp_path):
     assert summary["runs_finished"] == 2 and summary["test_accuracy_percent"]["n"] == 2
 
 
-def test_init_file_for_another_architecture_exits_2(tmp_path, capsys):
+def test_init_file_for_another_architecture_exits_2_before_any_data_or_folder(tmp_path, capsys, monkeypatch):
     np.savez(tmp_path / "other.npz", **{"conv_0_0/kernel": np.zeros((3, 3, 3, 64), "float32")})
     raw = {**TINY, "runs": 1, "model": {**TINY["model"], "weights_file": str(tmp_path / "other.npz")}}
     path = _write(tmp_path, raw)
     assert looper.main([str(path), "--dry-run"]) == 2
+    monkeypatch.setattr(data_preprocessor, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
     assert looper.main([str(path), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()  # no run folder claimed or written
     err = capsys.readouterr().err
     assert "model.weights_file" in err and "dense_0/kernel is missing from the file" in err
     assert "Traceback" not in err
