@@ -314,9 +314,16 @@ def build_run_model(cfg: ExperimentConfig, seed: int, run: int):
 
 def check_init_files(cfg: ExperimentConfig, runs) -> None:
     """WeightsFileMismatch unless each of `runs`' weights / masks files fits the config's model (its layer names
-    and shapes): the check the looper makes before it loads any data or claims a run."""
-    if cfg.model.weights_file or cfg.model.masks_file:
+    and shapes): the check the looper makes before it loads any data or claims a run. Runs that share their files
+    (a pattern without {run}) are checked once."""
+    m = cfg.model
+    if m.weights_file or m.masks_file:
+        first_run = {}  # (weights path, masks path) -> the first run that reads them
         for run in runs:
+            files = tuple(pattern and config_lib.resolve_run_file(pattern, run) for pattern in (m.weights_file,
+                                                                                                m.masks_file))
+            first_run.setdefault(files, run)
+        for run in first_run.values():
             build_run_model(cfg, cfg.base_seed, run)
 
 

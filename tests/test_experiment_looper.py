@@ -572,3 +572,16 @@ def test_only_run_outside_the_configs_runs_exits_2(tmp_path, capsys, value):
     assert not (tmp_path / "out").exists()
     assert looper.main([str(path), "--out", str(tmp_path / "out"), "--only-run", "1", "--epochs", "1"]) == 0
     assert sorted(p.name for p in _run_dir(tmp_path).glob("run_*")) == ["run_001"]
+
+
+def test_init_files_shared_by_runs_are_checked_once(tmp_path, monkeypatch):
+    for name in ("shared.npz", "run_000.npz", "run_001.npz", "run_002.npz"):
+        np.savez(tmp_path / name, unused=np.zeros(1))
+    built = []
+    monkeypatch.setattr(run_folder, "build_run_model", lambda cfg, seed, run: built.append(run))
+    for pattern, expected in (("shared.npz", [0]), ("run_{run}.npz", [0, 1, 2])):
+        cfg = config_lib.parse_config({**TINY, "runs": 3, "model": {**TINY["model"],
+                                                                    "weights_file": str(tmp_path / pattern)}})
+        built.clear()
+        run_folder.check_init_files(cfg, range(3))
+        assert built == expected
